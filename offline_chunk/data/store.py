@@ -1,0 +1,255 @@
+"""The step-level store: diffusion_policy's ReplayBuffer layout in zarr (see DESIGN.md).
+
+    data/<obs key>...   (N, D_k) float   observation at row t (keys in attrs["obs_keys"], concatenated)
+    data/action         (N, A)   float   action taken at row t
+    data/reward         (N,)     float   reward for taking action t at observation t
+    data/terminal       (N,)     bool    no bootstrapping after this row's reward
+    meta/episode_ends   (E,)     int     exclusive end row of each episode; strictly increasing, last = N
+
+`open_store` reads and validates (read-only, never touching the input); `write_store` validates and
+writes to a temporary directory that is renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from offline_chunk import __version__
+from offline_chunk.errors import DataError
+
+REQUIRED = ("data/action", "data/reward", "data/terminal", "meta/episode_ends")
+# Arrays whose chunks must all exist on disk. zarr reads a missing chunk as the fill value, which is a
+# legitimate value for rewards (sparse tasks) and terminals (all False), so only these are checked.
+CHUNKS_MUST_EXIST = ("data/action", "meta/episode_ends")
+CHUNK_BYTES = 4 << 20
+
+
+@dataclass
+class StepData:
+    """Step-level trajectories in memory, in environment units."""
+
+    observations: dict[str, np.ndarray]  # key -> (N, D_k); concatenated in insertion order
+    action: np.ndarray  # (N, A)
+    reward: np.ndarray  # (N,)
+    terminal: np.ndarray  # (N,) bool
+    episode_ends: np.ndarray  # (E,) int64, exclusive
+    attrs: dict = field(default_factory=dict)  # provenance: source, env_id, action bounds, ...
+    extras: dict[str, np.ndarray] = field(default_factory=dict)  # optional per-row arrays (qpos, ...)
+
+    @property
+    def obs(self) -> np.ndarray:
+        """(N, obs_dim) float32: the observation keys concatenated in order."""
+        parts = [np.asarray(v, np.float32) for v in self.observations.values()]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.action)
+
+    @property
+    def episode_begins(self) -> np.ndarray:
+        return np.concatenate([[0], self.episode_ends[:-1]]).astype(np.int64)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _first_row(bad: np.ndarray) -> int:
+    """Row of the first True in a per-row (or per-row-and-column) boolean array."""
+    return int(np.flatnonzero(bad.reshape(len(bad), -1).any(axis=1))[0])
+
+
+def _check_array(path, name, arr, rank, kind, num_rows) -> None:
+    kinds = {"f": "floating point", "b": "bool", "i": "integer"}
+    if arr.ndim != rank:
+        raise DataError(path, f"has rank {arr.ndim} (shape {arr.shape}), expected rank {rank}", name)
+    if arr.dtype.kind != kind and not (kind == "i" and arr.dtype.kind == "u"):
+        raise DataError(path, f"has dtype {arr.dtype}, expected {kinds[kind]}", name)
+    if num_rows is not None and len(arr) != num_rows:
+        raise DataError(path, f"has {len(arr)} rows but data/action has {num_rows}", name)
+    if kind == "f" and not np.isfinite(arr).all():
+        raise DataError(path, "contains NaN or inf", name, _first_row(~np.isfinite(arr)))
+
+
+def _check_episode_ends(path, ends: np.ndarray, num_rows: int) -> None:
+    name = "meta/episode_ends"
+    if len(ends) == 0:
+        raise DataError(path, "is empty: a store holds at least one episode", name)
+    lengths = np.diff(ends, prepend=0)
+    if (lengths < 0).any():
+        k = int(np.flatnonzero(lengths < 0)[0])
+        raise DataError(path, f"is not strictly increasing at entry {k} ({ends[k]} after {ends[k - 1]})", name)
+    if (lengths == 0).any():
+        k = int(np.flatnonzero(lengths == 0)[0])
+        raise DataError(path, f"entry {k} makes an empty episode (end {ends[k]} repeats the previous end)", name)
+    if ends[-1] != num_rows:
+        raise DataError(path, f"last entry is {ends[-1]}, must equal the number of rows {num_rows}", name)
+
+
+def _check_action_bounds(path, action: np.ndarray, attrs: dict) -> None:
+    if "action_low" not in attrs or "action_high" not in attrs:
+        return
+    low = np.asarray(attrs["action_low"], np.float64)
+    high = np.asarray(attrs["action_high"], np.float64)
+    outside = (action < low) | (action > high)
+    if outside.any():
+        row = _first_row(outside)
+        col = int(np.flatnonzero(outside[row])[0])
+        raise DataError(
+            path,
+            f"action[{col}] = {action[row, col]:.6g} is outside the declared bounds "
+            f"[{np.broadcast_to(low, action.shape[1:])[col]:.6g}, "
+            f"{np.broadcast_to(high, action.shape[1:])[col]:.6g}]",
+            "data/action",
+            row,
+        )
+
+
+def validate(data: StepData, path) -> None:
+    """Raise `DataError` for the first broken rule of the DESIGN.md layout."""
+    if not data.observations:
+        raise DataError(path, "no observation arrays (data/obs, or keys listed in attrs['obs_keys'])")
+    _check_array(path, "data/action", data.action, 2, "f", None)
+    n = data.num_rows
+    for key, obs in data.observations.items():
+        _check_array(path, f"data/{key}", obs, 2, "f", n)
+    _check_array(path, "data/reward", data.reward, 1, "f", n)
+    _check_array(path, "data/terminal", data.terminal, 1, "b", n)
+    _check_array(path, "meta/episode_ends", data.episode_ends, 1, "i", None)
+    _check_episode_ends(path, data.episode_ends, n)
+    for key, extra in data.extras.items():
+        if len(extra) != n:
+            raise DataError(path, f"has {len(extra)} rows but data/action has {n}", f"data/{key}")
+    _check_action_bounds(path, data.action, data.attrs)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _open_group(path: Path):
+    if not path.exists():
+        raise DataError(path, "does not exist")
+    try:
+        return zarr.open_group(store=str(path), mode="r")
+    except Exception as exc:  # zarr raises several types for "not a group here"
+        raise DataError(path, f"is not a zarr store ({type(exc).__name__})") from exc
+
+
+def _read(path: Path, group, name: str) -> np.ndarray:
+    if name not in group:
+        raise DataError(path, "required array is missing", name)
+    arr = group[name]
+    if not isinstance(arr, zarr.Array):
+        raise DataError(path, "is a group, expected an array", name)
+    if name in CHUNKS_MUST_EXIST and arr.nchunks_initialized < arr.nchunks:
+        raise DataError(
+            path, f"is truncated on disk: {arr.nchunks - arr.nchunks_initialized} of {arr.nchunks} chunks missing",
+            name,
+        )
+    try:
+        return arr[...]
+    except Exception as exc:  # a chunk cut short fails in its codec
+        raise DataError(path, f"is truncated or corrupt on disk ({type(exc).__name__}: {exc})", name) from exc
+
+
+def obs_keys_of(group) -> list[str]:
+    """Observation keys of a store: attrs['obs_keys'], else the single array data/obs."""
+    keys = group.attrs.get("obs_keys")
+    if keys:
+        return [str(k) for k in keys]
+    return ["obs"]
+
+
+def open_store(path, extras: bool = False) -> StepData:
+    """Read and validate a store. Read-only: the input is never modified."""
+    path = Path(path)
+    group = _open_group(path)
+    attrs = dict(group.attrs.asdict())
+    observations = {key: _read(path, group, f"data/{key}") for key in obs_keys_of(group)}
+    arrays = {name: _read(path, group, name) for name in REQUIRED}
+    extra_arrays = {}
+    if extras and "data" in group:
+        known = set(observations) | {"action", "reward", "terminal"}
+        extra_arrays = {k: group["data"][k][...] for k in group["data"].array_keys() if k not in known}
+    data = StepData(
+        observations=observations,
+        action=arrays["data/action"],
+        reward=arrays["data/reward"],
+        terminal=arrays["data/terminal"],
+        episode_ends=arrays["meta/episode_ends"],
+        attrs=attrs,
+        extras=extra_arrays,
+    )
+    validate(data, path)
+    return data
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _row_chunks(arr: np.ndarray) -> tuple[int, ...]:
+    row_bytes = max(1, arr[:1].nbytes)
+    rows = int(min(max(1, len(arr)), max(1024, CHUNK_BYTES // row_bytes)))
+    return (rows, *arr.shape[1:])
+
+
+def _write_array(group, name: str, arr: np.ndarray) -> None:
+    arr = np.ascontiguousarray(arr)
+    out = group.create_array(
+        name, shape=arr.shape, dtype=arr.dtype, chunks=_row_chunks(arr), config={"write_empty_chunks": True}
+    )
+    out[...] = arr
+
+
+def _to_json(value):
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def write_store(data: StepData, path, overwrite: bool = False) -> Path:
+    """Validate, then write `data` to `path` atomically (temporary directory, then rename)."""
+    path = Path(path)
+    validate(data, path)
+    if path.exists() and not overwrite:
+        raise DataError(path, "already exists (pass --overwrite to replace it)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        group = zarr.open_group(store=str(tmp), mode="w-", zarr_format=3)
+        for key, obs in data.observations.items():
+            _write_array(group, f"data/{key}", np.asarray(obs, np.float32))
+        _write_array(group, "data/action", np.asarray(data.action, np.float32))
+        _write_array(group, "data/reward", np.asarray(data.reward, np.float32))
+        _write_array(group, "data/terminal", np.asarray(data.terminal, bool))
+        for key, extra in data.extras.items():
+            _write_array(group, f"data/{key}", np.asarray(extra))
+        _write_array(group, "meta/episode_ends", np.asarray(data.episode_ends, np.int64))
+        attrs = {k: _to_json(v) for k, v in data.attrs.items()}
+        attrs.update(obs_keys=list(data.observations), offline_chunk_version=__version__)
+        group.attrs.update(attrs)
+        _replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def _replace(tmp: Path, path: Path) -> None:
+    """Move a finished store into place; an existing one is removed only after the new one is complete."""
+    if path.exists():
+        trash = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
+        os.rename(path, trash)
+        os.rename(tmp, path)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.rename(tmp, path)
