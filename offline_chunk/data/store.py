@@ -25,9 +25,10 @@ from offline_chunk import __version__
 from offline_chunk.errors import DataError
 
 REQUIRED = ("data/action", "data/reward", "data/terminal", "meta/episode_ends")
-# Arrays whose chunks must all exist on disk. zarr reads a missing chunk as the fill value, which is a
-# legitimate value for rewards (sparse tasks) and terminals (all False), so only these are checked.
-CHUNKS_MUST_EXIST = ("data/action", "meta/episode_ends")
+# zarr reads a missing chunk as the fill value, and other writers skip chunks that hold only the fill
+# value (zarr 3's default), so a missing chunk means truncation only in a store that says every chunk
+# was written: `write_store` writes them all and records this attribute.
+ALL_CHUNKS_WRITTEN = "all_chunks_written"
 CHUNK_BYTES = 4 << 20
 
 
@@ -148,7 +149,7 @@ def _read(path: Path, group, name: str) -> np.ndarray:
     arr = group[name]
     if not isinstance(arr, zarr.Array):
         raise DataError(path, "is a group, expected an array", name)
-    if name in CHUNKS_MUST_EXIST and arr.nchunks_initialized < arr.nchunks:
+    if group.attrs.get(ALL_CHUNKS_WRITTEN) and arr.nchunks_initialized < arr.nchunks:
         raise DataError(
             path, f"is truncated on disk: {arr.nchunks - arr.nchunks_initialized} of {arr.nchunks} chunks missing",
             name,
@@ -236,6 +237,7 @@ def write_store(data: StepData, path, overwrite: bool = False) -> Path:
         _write_array(group, "meta/episode_ends", np.asarray(data.episode_ends, np.int64))
         attrs = {k: _to_json(v) for k, v in data.attrs.items()}
         attrs.update(obs_keys=list(data.observations), offline_chunk_version=__version__)
+        attrs[ALL_CHUNKS_WRITTEN] = True
         group.attrs.update(attrs)
         _replace(tmp, path)
     except BaseException:

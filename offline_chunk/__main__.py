@@ -1,0 +1,5 @@
+import sys
+
+from offline_chunk.cli import main
+
+sys.exit(main())

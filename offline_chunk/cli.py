@@ -1,0 +1,88 @@
+"""Command line: `python -m offline_chunk <command> ...` (also installed as `offline-chunk`).
+
+Bad input prints one line naming the file, array, row and rule, and exits with status 2;
+`--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from offline_chunk.errors import DataError
+
+DEFAULT_HORIZON = 5  # the Q-chunking paper's chunk length, used for the summary's chunk count
+
+
+def store_summary(path: Path, horizon: int = DEFAULT_HORIZON, gamma: float = 0.99) -> str:
+    """What a user wants to see after writing or opening a store."""
+    from offline_chunk.data.chunks import build_chunk_index
+    from offline_chunk.data.store import open_store
+
+    data = open_store(path)
+    index = build_chunk_index(data.reward, data.terminal, data.episode_ends, horizon, gamma)
+    lengths = data.episode_ends - data.episode_begins
+    lines = [
+        f"store        {path}",
+        f"rows         {data.num_rows:,}   obs_dim {data.obs.shape[1]}   action_dim {data.action.shape[1]}",
+        f"episodes     {len(lengths):,}   length min/median/max {lengths.min()}/{int(sorted(lengths)[len(lengths) // 2])}"
+        f"/{lengths.max()}",
+        f"terminals    {int(data.terminal.sum()):,} rows",
+        f"chunks       {len(index):,} valid starts for H={horizon} (drop_partial)",
+        f"reward       min {data.reward.min():.4g}   max {data.reward.max():.4g}   mean {data.reward.mean():.4g}",
+    ]
+    if data.attrs.get("env_id"):
+        lines.append(f"env_id       {data.attrs['env_id']}")
+    return "\n".join(lines)
+
+
+def cmd_dataset(args) -> None:
+    from offline_chunk.data.sources import convert
+
+    out = convert(args.source, out=args.out, overwrite=args.overwrite, progress=not args.no_progress)
+    print(store_summary(out, args.horizon))
+
+
+def cmd_inspect(args) -> None:
+    print(store_summary(Path(args.store), args.horizon))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="offline_chunk", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    dataset = commands.add_parser("dataset", help="convert or generate a step-level zarr store")
+    dataset.add_argument("source", nargs="?", default="ogbench:scene-play-singletask-task2-v0",
+                         help="file.npz|file.hdf5|store.zarr|ogbench:<name>, with ?key=value options")
+    dataset.add_argument("--out", help="output store (default data/<name>.zarr)")
+    dataset.add_argument("--overwrite", action="store_true", help="replace an existing output store")
+    dataset.add_argument("--horizon", type=int, default=DEFAULT_HORIZON, help="H for the summary's chunk count")
+    dataset.add_argument("--no-progress", action="store_true", help="no progress bar")
+    dataset.set_defaults(run=cmd_dataset)
+
+    inspect = commands.add_parser("inspect", help="validate a store and print its summary")
+    inspect.add_argument("store")
+    inspect.add_argument("--horizon", type=int, default=DEFAULT_HORIZON)
+    inspect.set_defaults(run=cmd_inspect)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (DataError, FileNotFoundError, ImportError) as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: no output was written under the final name", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

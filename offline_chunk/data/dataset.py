@@ -1,0 +1,157 @@
+"""Chunk transitions as tensors: `OfflineRLDataset` (inspection) and `ChunkSampler` (training).
+
+Both build items with the same gather, `gather_chunks`, so an item from `dataset[i]` and row k of a
+sampled batch are computed by one piece of code. Item fields follow DESIGN.md's table:
+
+    observations       (To, D)  rows max(t - To + 1 + k, b), k = 0..To-1
+    next_observations  (To, D)  the same history ending at n = min(t + τ, e - 1)
+    actions            (H, A)   rows min(t + i, e - 1), i = 0..H-1
+    action_mask        (H,)     t + i < e
+    cumulative_reward  ()       Σ_{i<τ} γ^i r[t+i]
+    chunk_done         ()       d
+    effective_length   () int64 τ
+    discount_factor    ()       γ^τ
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from offline_chunk.data.chunks import ChunkIndex, build_chunk_index
+from offline_chunk.data.store import StepData, open_store
+
+ITEM_KEYS = (
+    "observations",
+    "next_observations",
+    "actions",
+    "action_mask",
+    "cumulative_reward",
+    "chunk_done",
+    "effective_length",
+    "discount_factor",
+)
+
+
+@dataclass
+class ChunkTensors:
+    """Step arrays and the chunk index as tensors on one device: everything a gather needs."""
+
+    obs: torch.Tensor  # (N, D) float32
+    action: torch.Tensor  # (N, A) float32
+    start: torch.Tensor  # (M,) int64
+    episode_begin: torch.Tensor
+    episode_end: torch.Tensor
+    next_row: torch.Tensor
+    length: torch.Tensor  # (M,) int64
+    done: torch.Tensor  # (M,) float32
+    cumulative_reward: torch.Tensor  # (M,) float32
+    discount: torch.Tensor  # (M,) float32
+
+    @classmethod
+    def build(cls, obs: np.ndarray, action: np.ndarray, index: ChunkIndex) -> ChunkTensors:
+        return cls(
+            obs=torch.as_tensor(obs, dtype=torch.float32),
+            action=torch.as_tensor(action, dtype=torch.float32),
+            start=torch.as_tensor(index.start),
+            episode_begin=torch.as_tensor(index.episode_begin),
+            episode_end=torch.as_tensor(index.episode_end),
+            next_row=torch.as_tensor(index.next_row),
+            length=torch.as_tensor(index.length),
+            done=torch.as_tensor(index.done, dtype=torch.float32),
+            cumulative_reward=torch.as_tensor(index.cumulative_reward),
+            discount=torch.as_tensor(index.discount),
+        )
+
+    def to(self, device) -> ChunkTensors:
+        return ChunkTensors(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+
+def _history_rows(last: torch.Tensor, first: torch.Tensor, obs_horizon: int) -> torch.Tensor:
+    """(B, To) rows last - To + 1 .. last, clamped below to the episode's first row."""
+    offsets = torch.arange(1 - obs_horizon, 1, device=last.device)
+    return torch.maximum(last[:, None] + offsets, first[:, None])
+
+
+def gather_chunks(tensors: ChunkTensors, ids: torch.Tensor, horizon: int, obs_horizon: int) -> dict:
+    """The batch of chunk transitions `ids` (B,) by gathers only: no Python loop, no host sync."""
+    start, begin, end = tensors.start[ids], tensors.episode_begin[ids], tensors.episode_end[ids]
+    action_rows = start[:, None] + torch.arange(horizon, device=ids.device)
+    return {
+        "observations": tensors.obs[_history_rows(start, begin, obs_horizon)],
+        "next_observations": tensors.obs[_history_rows(tensors.next_row[ids], begin, obs_horizon)],
+        "actions": tensors.action[torch.minimum(action_rows, end[:, None] - 1)],
+        "action_mask": action_rows < end[:, None],
+        "cumulative_reward": tensors.cumulative_reward[ids],
+        "chunk_done": tensors.done[ids],
+        "effective_length": tensors.length[ids],
+        "discount_factor": tensors.discount[ids],
+    }
+
+
+class ChunkSampler:
+    """Uniform batches of chunk transitions, built on `device` from device-resident tensors.
+
+    `sample()` draws indices with a device generator and gathers: nothing crosses to the host."""
+
+    def __init__(self, tensors: ChunkTensors, batch_size: int, horizon: int, obs_horizon: int,
+                 device, generator: torch.Generator | None = None, seed: int = 0):
+        self.device = torch.device(device)
+        self.tensors = tensors.to(self.device)
+        self.batch_size, self.horizon, self.obs_horizon = int(batch_size), int(horizon), int(obs_horizon)
+        if generator is None:
+            generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.generator = generator
+        self.num_chunks = len(self.tensors.start)
+
+    def sample(self) -> dict:
+        ids = torch.randint(self.num_chunks, (self.batch_size,), device=self.device, generator=self.generator)
+        return gather_chunks(self.tensors, ids, self.horizon, self.obs_horizon)
+
+    def __iter__(self):
+        while True:
+            yield self.sample()
+
+
+class OfflineRLDataset(Dataset):
+    """Action-chunk transitions of a step-level store (DESIGN.md's contract), in environment units.
+
+    `dataset[i]` returns one item dict (for inspection, notebooks and tests); training uses
+    `dataset.sampler(...)`, which keeps everything on the device and batches by gathers.
+    """
+
+    def __init__(self, store: str | Path | StepData, horizon: int, obs_horizon: int = 1, gamma: float = 0.99,
+                 drop_partial: bool = True):
+        if obs_horizon < 1:
+            raise ValueError(f"obs_horizon must be >= 1, got {obs_horizon}")
+        self.data = store if isinstance(store, StepData) else open_store(store)
+        self.horizon, self.obs_horizon, self.gamma = int(horizon), int(obs_horizon), float(gamma)
+        self.index = build_chunk_index(self.data.reward, self.data.terminal, self.data.episode_ends,
+                                       horizon, gamma, drop_partial)
+        self.tensors = ChunkTensors.build(self.data.obs, self.data.action, self.index)
+
+    @property
+    def obs_dim(self) -> int:
+        return self.tensors.obs.shape[1]
+
+    @property
+    def action_dim(self) -> int:
+        return self.tensors.action.shape[1]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"chunk index {i} out of range for {len(self)} chunk transitions")
+        batch = gather_chunks(self.tensors, torch.tensor([i % len(self)]), self.horizon, self.obs_horizon)
+        return {key: value[0] for key, value in batch.items()}
+
+    def sampler(self, batch_size: int, device="cpu", generator: torch.Generator | None = None,
+                seed: int = 0) -> ChunkSampler:
+        """A device-resident batch sampler (what training uses)."""
+        return ChunkSampler(self.tensors, batch_size, self.horizon, self.obs_horizon, device, generator, seed)
