@@ -10,6 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from offline_chunk.errors import DataError
 
 DEFAULT_HORIZON = 5  # the Q-chunking paper's chunk length, used for the summary's chunk count
@@ -23,14 +25,15 @@ def store_summary(path: Path, horizon: int = DEFAULT_HORIZON, gamma: float = 0.9
     data = open_store(path)
     index = build_chunk_index(data.reward, data.terminal, data.episode_ends, horizon, gamma)
     lengths = data.episode_ends - data.episode_begins
+    reward = data.reward
     lines = [
         f"store        {path}",
         f"rows         {data.num_rows:,}   obs_dim {data.obs.shape[1]}   action_dim {data.action.shape[1]}",
-        f"episodes     {len(lengths):,}   length min/median/max {lengths.min()}/{int(sorted(lengths)[len(lengths) // 2])}"
-        f"/{lengths.max()}",
+        f"episodes     {len(lengths):,}   length min/median/max "
+        f"{lengths.min()}/{int(np.median(lengths))}/{lengths.max()}",
         f"terminals    {int(data.terminal.sum()):,} rows",
         f"chunks       {len(index):,} valid starts for H={horizon} (drop_partial)",
-        f"reward       min {data.reward.min():.4g}   max {data.reward.max():.4g}   mean {data.reward.mean():.4g}",
+        f"reward       min {reward.min():.4g}   max {reward.max():.4g}   mean {reward.mean():.4g}",
     ]
     if data.attrs.get("env_id"):
         lines.append(f"env_id       {data.attrs['env_id']}")
@@ -54,11 +57,17 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     dataset = commands.add_parser("dataset", help="convert or generate a step-level zarr store")
-    dataset.add_argument("source", nargs="?", default="ogbench:scene-play-singletask-task2-v0",
-                         help="file.npz|file.hdf5|store.zarr|ogbench:<name>, with ?key=value options")
+    dataset.add_argument(
+        "source",
+        nargs="?",
+        default="ogbench:scene-play-singletask-task2-v0",
+        help="file.npz|file.hdf5|store.zarr|ogbench:<name>, with ?key=value options",
+    )
     dataset.add_argument("--out", help="output store (default data/<name>.zarr)")
     dataset.add_argument("--overwrite", action="store_true", help="replace an existing output store")
-    dataset.add_argument("--horizon", type=int, default=DEFAULT_HORIZON, help="H for the summary's chunk count")
+    dataset.add_argument(
+        "--horizon", type=int, default=DEFAULT_HORIZON, help="H for the summary's chunk count"
+    )
     dataset.add_argument("--no-progress", action="store_true", help="no progress bar")
     dataset.set_defaults(run=cmd_dataset)
 

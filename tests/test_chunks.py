@@ -79,8 +79,12 @@ def assert_item_equal(item: dict, expected: dict):
     assert float(item["chunk_done"]) == expected["chunk_done"]
     for key in ("cumulative_reward", "chunk_done", "discount_factor", "observations", "actions"):
         assert item[key].dtype == torch.float32, key
-    np.testing.assert_allclose(float(item["cumulative_reward"]), expected["cumulative_reward"], rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(float(item["discount_factor"]), expected["discount_factor"], rtol=1e-6, atol=1e-30)
+    np.testing.assert_allclose(
+        float(item["cumulative_reward"]), expected["cumulative_reward"], rtol=1e-5, atol=1e-5
+    )
+    np.testing.assert_allclose(
+        float(item["discount_factor"]), expected["discount_factor"], rtol=1e-6, atol=1e-30
+    )
 
 
 @settings(max_examples=150, deadline=None)

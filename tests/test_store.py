@@ -66,7 +66,9 @@ def test_valid_store_opens_and_is_not_modified(tmp_path, capsys):
     np.testing.assert_array_equal(data.obs[:, 1], np.arange(N) ** 2)
 
 
-@pytest.mark.parametrize("missing", ["data/action", "data/reward", "data/terminal", "meta/episode_ends", "data/obs"])
+@pytest.mark.parametrize(
+    "missing", ["data/action", "data/reward", "data/terminal", "meta/episode_ends", "data/obs"]
+)
 def test_missing_required_array(tmp_path, capsys, missing):
     arrays = valid_arrays()
     del arrays[missing]
@@ -76,7 +78,9 @@ def test_missing_required_array(tmp_path, capsys, missing):
 def test_lengths_disagree(tmp_path, capsys):
     arrays = valid_arrays()
     arrays["data/reward"] = arrays["data/reward"][:-1]
-    inspect_fails(write_raw(tmp_path / "s.zarr", arrays), capsys, "data/reward", "9 rows", "data/action has 10")
+    inspect_fails(
+        write_raw(tmp_path / "s.zarr", arrays), capsys, "data/reward", "9 rows", "data/action has 10"
+    )
 
 
 @pytest.mark.parametrize(
@@ -94,8 +98,9 @@ def test_bad_episode_ends(tmp_path, capsys, ends, rule):
     inspect_fails(write_raw(tmp_path / "s.zarr", arrays), capsys, "meta/episode_ends", rule)
 
 
-@pytest.mark.parametrize("name, row, value", [("data/obs", 7, np.nan), ("data/action", 2, np.inf),
-                                              ("data/reward", 4, -np.inf)])
+@pytest.mark.parametrize(
+    "name, row, value", [("data/obs", 7, np.nan), ("data/action", 2, np.inf), ("data/reward", 4, -np.inf)]
+)
 def test_non_finite_values(tmp_path, capsys, name, row, value):
     arrays = valid_arrays()
     arrays[name][row] = value

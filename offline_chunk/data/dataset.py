@@ -98,8 +98,16 @@ class ChunkSampler:
 
     `sample()` draws indices with a device generator and gathers: nothing crosses to the host."""
 
-    def __init__(self, tensors: ChunkTensors, batch_size: int, horizon: int, obs_horizon: int,
-                 device, generator: torch.Generator | None = None, seed: int = 0):
+    def __init__(
+        self,
+        tensors: ChunkTensors,
+        batch_size: int,
+        horizon: int,
+        obs_horizon: int,
+        device,
+        generator: torch.Generator | None = None,
+        seed: int = 0,
+    ):
         self.device = torch.device(device)
         self.tensors = tensors.to(self.device)
         self.batch_size, self.horizon, self.obs_horizon = int(batch_size), int(horizon), int(obs_horizon)
@@ -124,14 +132,21 @@ class OfflineRLDataset(Dataset):
     `dataset.sampler(...)`, which keeps everything on the device and batches by gathers.
     """
 
-    def __init__(self, store: str | Path | StepData, horizon: int, obs_horizon: int = 1, gamma: float = 0.99,
-                 drop_partial: bool = True):
+    def __init__(
+        self,
+        store: str | Path | StepData,
+        horizon: int,
+        obs_horizon: int = 1,
+        gamma: float = 0.99,
+        drop_partial: bool = True,
+    ):
         if obs_horizon < 1:
             raise ValueError(f"obs_horizon must be >= 1, got {obs_horizon}")
         self.data = store if isinstance(store, StepData) else open_store(store)
         self.horizon, self.obs_horizon, self.gamma = int(horizon), int(obs_horizon), float(gamma)
-        self.index = build_chunk_index(self.data.reward, self.data.terminal, self.data.episode_ends,
-                                       horizon, gamma, drop_partial)
+        self.index = build_chunk_index(
+            self.data.reward, self.data.terminal, self.data.episode_ends, horizon, gamma, drop_partial
+        )
         self.tensors = ChunkTensors.build(self.data.obs, self.data.action, self.index)
 
     @property
@@ -151,7 +166,8 @@ class OfflineRLDataset(Dataset):
         batch = gather_chunks(self.tensors, torch.tensor([i % len(self)]), self.horizon, self.obs_horizon)
         return {key: value[0] for key, value in batch.items()}
 
-    def sampler(self, batch_size: int, device="cpu", generator: torch.Generator | None = None,
-                seed: int = 0) -> ChunkSampler:
+    def sampler(
+        self, batch_size: int, device="cpu", generator: torch.Generator | None = None, seed: int = 0
+    ) -> ChunkSampler:
         """A device-resident batch sampler (what training uses)."""
         return ChunkSampler(self.tensors, batch_size, self.horizon, self.obs_horizon, device, generator, seed)

@@ -86,10 +86,14 @@ def _check_episode_ends(path, ends: np.ndarray, num_rows: int) -> None:
     lengths = np.diff(ends, prepend=0)
     if (lengths < 0).any():
         k = int(np.flatnonzero(lengths < 0)[0])
-        raise DataError(path, f"is not strictly increasing at entry {k} ({ends[k]} after {ends[k - 1]})", name)
+        raise DataError(
+            path, f"is not strictly increasing at entry {k} ({ends[k]} after {ends[k - 1]})", name
+        )
     if (lengths == 0).any():
         k = int(np.flatnonzero(lengths == 0)[0])
-        raise DataError(path, f"entry {k} makes an empty episode (end {ends[k]} repeats the previous end)", name)
+        raise DataError(
+            path, f"entry {k} makes an empty episode (end {ends[k]} repeats the previous end)", name
+        )
     if ends[-1] != num_rows:
         raise DataError(path, f"last entry is {ends[-1]}, must equal the number of rows {num_rows}", name)
 
@@ -151,7 +155,8 @@ def _read(path: Path, group, name: str) -> np.ndarray:
         raise DataError(path, "is a group, expected an array", name)
     if group.attrs.get(ALL_CHUNKS_WRITTEN) and arr.nchunks_initialized < arr.nchunks:
         raise DataError(
-            path, f"is truncated on disk: {arr.nchunks - arr.nchunks_initialized} of {arr.nchunks} chunks missing",
+            path,
+            f"is truncated on disk: {arr.nchunks - arr.nchunks_initialized} of {arr.nchunks} chunks missing",
             name,
         )
     try:

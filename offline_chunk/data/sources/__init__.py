@@ -32,7 +32,9 @@ class SourceSpec:
         """The options with defaults filled in; an unknown option is an error naming the allowed ones."""
         unknown = sorted(set(self.options) - set(allowed))
         if unknown:
-            raise DataError(self.location, f"unknown option(s) {unknown}; this source takes {sorted(allowed)}")
+            raise DataError(
+                self.location, f"unknown option(s) {unknown}; this source takes {sorted(allowed)}"
+            )
         return {**allowed, **self.options}
 
     @property
