@@ -32,6 +32,7 @@ def reference_items(data: StepData, H: int, To: int, gamma: float, drop_partial:
                 "observations": np.stack([obs[max(t - To + 1 + k, b)] for k in range(To)]),
                 "next_observations": np.stack([obs[max(n - To + 1 + k, b)] for k in range(To)]),
                 "actions": np.stack([action[min(t + i, e - 1)] for i in range(H)]),
+                "next_actions": np.stack([action[min(n + i, e - 1)] for i in range(H)]),
                 "action_mask": np.array([t + i < e for i in range(H)]),
                 "cumulative_reward": sum(gamma**i * float(reward[t + i]) for i in range(tau)),
                 "chunk_done": float(d),
@@ -69,8 +70,10 @@ def stores(draw):
 
 
 def assert_item_equal(item: dict, expected: dict):
-    assert set(item) == set(ITEM_KEYS)
-    for key in ("observations", "next_observations", "actions"):
+    assert set(item) == set(ITEM_KEYS) | ({"next_actions"} & set(item))
+    for key in ("observations", "next_observations", "actions", "next_actions")[
+        : 3 + ("next_actions" in item)
+    ]:
         np.testing.assert_array_equal(item[key].numpy(), expected[key], err_msg=key)
     np.testing.assert_array_equal(item["action_mask"].numpy(), expected["action_mask"])
     assert item["action_mask"].dtype == torch.bool
@@ -113,8 +116,8 @@ def test_sampler_batches_match_reference(case):
     if not expected:
         assert len(dataset) == 0
         return
-    batch = dataset.sampler(batch_size=32, seed=1).sample()
-    assert set(batch) == set(ITEM_KEYS)
+    batch = dataset.sampler(batch_size=32, seed=1, next_actions=True).sample()
+    assert set(batch) == set(ITEM_KEYS) | {"next_actions"}
     assert batch["observations"].shape == (32, To, 2)
     assert batch["actions"].shape == (32, H, 3)
     for k in range(32):

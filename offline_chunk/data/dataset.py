@@ -77,20 +77,34 @@ def _history_rows(last: torch.Tensor, first: torch.Tensor, obs_horizon: int) -> 
     return torch.maximum(last[:, None] + offsets, first[:, None])
 
 
-def gather_chunks(tensors: ChunkTensors, ids: torch.Tensor, horizon: int, obs_horizon: int) -> dict:
-    """The batch of chunk transitions `ids` (B,) by gathers only: no Python loop, no host sync."""
+def _chunk_rows(first: torch.Tensor, end: torch.Tensor, horizon: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, H) rows first + i clamped to the episode's last row, and whether each is a recorded action."""
+    rows = first[:, None] + torch.arange(horizon, device=first.device)
+    return torch.minimum(rows, end[:, None] - 1), rows < end[:, None]
+
+
+def gather_chunks(
+    tensors: ChunkTensors, ids: torch.Tensor, horizon: int, obs_horizon: int, next_actions: bool = False
+) -> dict:
+    """The batch of chunk transitions `ids` (B,) by gathers only: no Python loop, no host sync.
+
+    `next_actions=True` adds the recorded chunk that starts at the next row (rows min(n + i, e - 1)),
+    for SARSA-style backups that evaluate the data's own behaviour."""
     start, begin, end = tensors.start[ids], tensors.episode_begin[ids], tensors.episode_end[ids]
-    action_rows = start[:, None] + torch.arange(horizon, device=ids.device)
-    return {
+    action_rows, action_mask = _chunk_rows(start, end, horizon)
+    batch = {
         "observations": tensors.obs[_history_rows(start, begin, obs_horizon)],
         "next_observations": tensors.obs[_history_rows(tensors.next_row[ids], begin, obs_horizon)],
-        "actions": tensors.action[torch.minimum(action_rows, end[:, None] - 1)],
-        "action_mask": action_rows < end[:, None],
+        "actions": tensors.action[action_rows],
+        "action_mask": action_mask,
         "cumulative_reward": tensors.cumulative_reward[ids],
         "chunk_done": tensors.done[ids],
         "effective_length": tensors.length[ids],
         "discount_factor": tensors.discount[ids],
     }
+    if next_actions:
+        batch["next_actions"] = tensors.action[_chunk_rows(tensors.next_row[ids], end, horizon)[0]]
+    return batch
 
 
 class ChunkSampler:
@@ -107,8 +121,10 @@ class ChunkSampler:
         device,
         generator: torch.Generator | None = None,
         seed: int = 0,
+        next_actions: bool = False,
     ):
         self.device = torch.device(device)
+        self.next_actions = next_actions
         self.tensors = tensors.to(self.device)
         self.batch_size, self.horizon, self.obs_horizon = int(batch_size), int(horizon), int(obs_horizon)
         if generator is None:
@@ -118,7 +134,7 @@ class ChunkSampler:
 
     def sample(self) -> dict:
         ids = torch.randint(self.num_chunks, (self.batch_size,), device=self.device, generator=self.generator)
-        return gather_chunks(self.tensors, ids, self.horizon, self.obs_horizon)
+        return gather_chunks(self.tensors, ids, self.horizon, self.obs_horizon, self.next_actions)
 
     def __iter__(self):
         while True:
@@ -167,7 +183,14 @@ class OfflineRLDataset(Dataset):
         return {key: value[0] for key, value in batch.items()}
 
     def sampler(
-        self, batch_size: int, device="cpu", generator: torch.Generator | None = None, seed: int = 0
+        self,
+        batch_size: int,
+        device="cpu",
+        generator: torch.Generator | None = None,
+        seed: int = 0,
+        next_actions: bool = False,
     ) -> ChunkSampler:
         """A device-resident batch sampler (what training uses)."""
-        return ChunkSampler(self.tensors, batch_size, self.horizon, self.obs_horizon, device, generator, seed)
+        return ChunkSampler(
+            self.tensors, batch_size, self.horizon, self.obs_horizon, device, generator, seed, next_actions
+        )

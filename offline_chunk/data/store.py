@@ -138,7 +138,7 @@ def validate(data: StepData, path) -> None:
 # --------------------------------------------------------------------------- reading
 
 
-def _open_group(path: Path):
+def open_group(path: Path):
     if not path.exists():
         raise DataError(path, "does not exist")
     try:
@@ -147,7 +147,7 @@ def _open_group(path: Path):
         raise DataError(path, f"is not a zarr store ({type(exc).__name__})") from exc
 
 
-def _read(path: Path, group, name: str) -> np.ndarray:
+def read_array(path: Path, group, name: str) -> np.ndarray:
     if name not in group:
         raise DataError(path, "required array is missing", name)
     arr = group[name]
@@ -176,10 +176,10 @@ def obs_keys_of(group) -> list[str]:
 def open_store(path, extras: bool = False) -> StepData:
     """Read and validate a store. Read-only: the input is never modified."""
     path = Path(path)
-    group = _open_group(path)
+    group = open_group(path)
     attrs = dict(group.attrs.asdict())
-    observations = {key: _read(path, group, f"data/{key}") for key in obs_keys_of(group)}
-    arrays = {name: _read(path, group, name) for name in REQUIRED}
+    observations = {key: read_array(path, group, f"data/{key}") for key in obs_keys_of(group)}
+    arrays = {name: read_array(path, group, name) for name in REQUIRED}
     extra_arrays = {}
     if extras and "data" in group:
         known = set(observations) | {"action", "reward", "terminal"}
