@@ -14,3 +14,18 @@ class DataError(ValueError):
         if row is not None:
             where.append(f"row {row}")
         super().__init__(f"{': '.join(where)}: {rule}")
+
+    def __reduce__(self):  # rebuild from the fields, so an error raised in a worker process survives pickling
+        return type(self), (self.path, self.rule, self.array, self.row)
+
+
+class ConfigError(ValueError):
+    """A config file or key=value override that cannot be used."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, corrupt, foreign, or from a newer version."""
+
+
+class DivergenceError(RuntimeError):
+    """Training stopped by the divergence guard (a checkpoint was saved first)."""

@@ -194,3 +194,13 @@ def test_write_is_atomic_and_refuses_to_overwrite(tmp_path):
     for key in ("action", "reward", "terminal", "episode_ends"):
         np.testing.assert_array_equal(getattr(reread, key), getattr(data, key))
     assert [p.name for p in tmp_path.iterdir()] == ["out.zarr"]  # no temporary left behind
+
+
+def test_data_error_survives_pickling():
+    """Errors raised in worker processes (the OGBench generator) cross process boundaries by pickle."""
+    import pickle
+
+    err = DataError("s.zarr", "is bad", "data/action", 3)
+    again = pickle.loads(pickle.dumps(err))
+    assert str(again) == str(err) == "s.zarr: array 'data/action': row 3: is bad"
+    assert (again.path, again.rule, again.array, again.row) == ("s.zarr", "is bad", "data/action", 3)
