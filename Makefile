@@ -10,12 +10,19 @@ STAMP  := $(VENV)/.installed
 DATA    ?= ogbench:scene-play-singletask-task2-v0
 OUT     ?=
 ARGS    ?=
+AGENT   ?= cpql
+PRESET  ?= default
+DEFAULT_STORE := data/scene-play-singletask-task2-v0.zarr
+# Command-line words that are not this Makefile's own variables are config overrides: `make train agent.eta=2`.
+OWN_VARIABLES := PYTHON=% VENV=% TORCH=% DATA=% OUT=% ARGS=% AGENT=% PRESET=% DATASET=% STEPS=% RUN=% RESUME=%
+OVERRIDES = $(filter-out $(OWN_VARIABLES),$(MAKEOVERRIDES))
 
-.PHONY: install dataset test test-all bench-data lint clean help
+.PHONY: install dataset train test test-all bench-data lint clean help
 
 help:
 	@echo "make install                    create $(VENV) with torch and every extra"
 	@echo "make dataset [DATA=...] [OUT=...] convert or generate a step-level zarr store"
+	@echo "make train [AGENT=cpql|dql] [DATASET=...] [STEPS=...] [RUN=...] [RESUME=ckpt] [PRESET=gpu] [key=value ...]"
 	@echo "make test                       fast CPU test suite (what CI runs)"
 	@echo "make test-all                   also the slow tests"
 	@echo "make bench-data                 chunk-index and sampler benchmarks"
@@ -31,6 +38,15 @@ $(STAMP): setup.cfg pyproject.toml
 
 dataset: $(STAMP)
 	$(PY) -m offline_chunk dataset "$(DATA)" $(if $(OUT),--out "$(OUT)") $(ARGS)
+
+# Without DATASET (or RESUME), train on the default store, generating it first if it is missing.
+train: $(STAMP) $(if $(DATASET)$(RESUME),,$(DEFAULT_STORE))
+	$(PY) -m offline_chunk train --agent $(AGENT) --preset $(PRESET) $(if $(DATASET),--dataset "$(DATASET)") \
+		$(if $(STEPS),--steps $(STEPS)) $(if $(RUN),--run "$(RUN)") $(if $(RESUME),--resume "$(RESUME)") \
+		$(OVERRIDES) $(ARGS)
+
+$(DEFAULT_STORE): | $(STAMP)
+	$(PY) -m offline_chunk dataset ogbench:scene-play-singletask-task2-v0 --out $@
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from offline_chunk.errors import DataError
+from offline_chunk.errors import CheckpointError, ConfigError, DataError, DivergenceError
 
 DEFAULT_HORIZON = 5  # the Q-chunking paper's chunk length, used for the summary's chunk count
 
@@ -51,6 +51,27 @@ def cmd_inspect(args) -> None:
     print(store_summary(Path(args.store), args.horizon))
 
 
+def cmd_train(args) -> None:
+    from offline_chunk.checkpoint import read_checkpoint
+    from offline_chunk.config import apply_override, load_config
+    from offline_chunk.train import train
+
+    named = [
+        f"{key}={value}"
+        for key, value in (("dataset", args.dataset), ("steps", args.steps), ("run_dir", args.run))
+        if value is not None
+    ]
+    if args.resume:
+        resume = read_checkpoint(args.resume)
+        cfg = resume["config"]
+        for assignment in named + args.overrides:
+            apply_override(cfg, assignment)
+    else:
+        resume = None
+        cfg = load_config(args.agent, args.preset, named + args.overrides)
+    train(cfg, resume)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="offline_chunk", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
@@ -69,20 +90,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--horizon", type=int, default=DEFAULT_HORIZON, help="H for the summary's chunk count"
     )
     dataset.add_argument("--no-progress", action="store_true", help="no progress bar")
-    dataset.set_defaults(run=cmd_dataset)
+    dataset.set_defaults(handler=cmd_dataset)
+
+    train = commands.add_parser("train", help="train an agent on a store")
+    train.add_argument("--agent", default="cpql", help="cpql | dql")
+    train.add_argument("--preset", default="default", help="configs/train/<preset>.yaml (default, gpu)")
+    train.add_argument("--dataset", help="store path (overrides the config's dataset)")
+    train.add_argument("--steps", type=int, help="total updates")
+    train.add_argument("--run", help="run directory (default runs/<agent>-<dataset>-<time>)")
+    train.add_argument("--resume", help="checkpoint to continue from (its config, plus any overrides)")
+    train.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. agent.eta=2")
+    train.set_defaults(handler=cmd_train)
 
     inspect = commands.add_parser("inspect", help="validate a store and print its summary")
     inspect.add_argument("store")
     inspect.add_argument("--horizon", type=int, default=DEFAULT_HORIZON)
-    inspect.set_defaults(run=cmd_inspect)
+    inspect.set_defaults(handler=cmd_inspect)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.run(args)
-    except (DataError, FileNotFoundError, ImportError) as exc:
+        args.handler(args)
+    except (DataError, ConfigError, CheckpointError, DivergenceError, FileNotFoundError, ImportError) as exc:
         if args.debug:
             raise
         print(f"error: {exc}", file=sys.stderr)

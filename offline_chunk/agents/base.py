@@ -1,0 +1,194 @@
+"""Actor-critic machinery shared by the chunk agents: critic ensemble and targets, the chunk Bellman
+update, the normalised Q term of the actor, EMA and Polyak updates, acting and Q queries.
+
+An agent subclass states only its actor loss (`actor_loss`), so it reads like its paper's update rule.
+Everything in `update` stays on the device: no `.item()`, no branching on tensor values; metrics come
+back as 0-d tensors for the training loop to read at its log interval.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+
+import torch
+from diffusers.optimization import get_scheduler
+from torch import nn
+
+from offline_chunk.agents.targets import (
+    backup_value,
+    candidates_for,
+    chunk_target,
+    critic_loss,
+    lerp_parameters_,
+)
+from offline_chunk.data.normalize import Normalizer
+from offline_chunk.nets.critic import ChunkCriticEnsemble
+from offline_chunk.policies import make_policy
+
+
+@dataclass(frozen=True)
+class Dims:
+    obs_dim: int
+    obs_horizon: int
+    action_dim: int
+    horizon: int
+
+
+class ChunkAgent(nn.Module):
+    """A diffusion-family chunk actor with an ensemble of U-Net chunk critics."""
+
+    def __init__(self, dims: Dims, cfg: dict, normalizer: Normalizer, total_steps: int):
+        super().__init__()
+        self.dims, self.cfg = dims, cfg
+        self.normalizer = normalizer
+        shape = asdict(dims)
+        self.actor = make_policy(**cfg["policy"], **shape)
+        self.actor_ema = copy.deepcopy(self.actor).requires_grad_(False)
+        critic_cfg = dict(cfg["critic"])
+        self.critic = ChunkCriticEnsemble(
+            dims.obs_dim, dims.obs_horizon, dims.action_dim, size=critic_cfg.pop("ensemble"), **critic_cfg
+        )
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg["lr"], foreach=True)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg["lr"], foreach=True)
+        self.schedulers = [
+            get_scheduler(
+                cfg["lr_schedule"], opt, num_warmup_steps=cfg["lr_warmup"], num_training_steps=total_steps
+            )
+            for opt in (self.actor_opt, self.critic_opt)
+        ]
+        self.num_updates = 0
+        candidates_for(cfg["backup"], cfg["backup_candidates"])  # fail fast on an unknown backup
+
+    # ------------------------------------------------------------------ the update
+
+    def update(self, batch: dict) -> dict[str, torch.Tensor]:
+        """One gradient step of critic and actor on a batch in environment units."""
+        obs = self.normalizer.obs(batch["observations"])
+        next_obs = self.normalizer.obs(batch["next_observations"])
+        actions = self.normalizer.action(batch["actions"])
+        metrics = self.update_critic(obs, actions, next_obs, batch)
+        metrics.update(self.update_actor(obs, actions, batch["action_mask"]))
+        self.num_updates += 1
+        self.update_targets()
+        for scheduler in self.schedulers:
+            scheduler.step()
+        return metrics
+
+    def learning_rates(self) -> dict[str, float]:
+        return {
+            "lr/actor": self.schedulers[0].get_last_lr()[0],
+            "lr/critic": self.schedulers[1].get_last_lr()[0],
+        }
+
+    @torch.no_grad()
+    def next_state_value(self, next_obs: torch.Tensor, batch: dict) -> torch.Tensor:
+        """The backup V(s_{t+τ}) over candidate next chunks (targets.py)."""
+        backup = self.cfg["backup"]
+        n = candidates_for(backup, self.cfg["backup_candidates"])
+        if n == 0:  # sarsa: the data's own next chunk
+            next_chunks = self.normalizer.action(batch["next_actions"])[:, None]
+        else:
+            policy = self.actor_ema if self.cfg["target_actor"] == "ema" else self.actor
+            next_chunks = policy.sample_candidates(next_obs, n)
+        target_q = self.critic_target(next_obs, next_chunks)  # (K, B, N)
+        online_q = self.critic(next_obs, next_chunks) if backup == "double" else None
+        return backup_value(backup, target_q, online_q)
+
+    def update_critic(self, obs, actions, next_obs, batch) -> dict[str, torch.Tensor]:
+        target = chunk_target(batch, self.next_state_value(next_obs, batch))
+        q = self.critic(obs, actions)  # (K, B)
+        loss = critic_loss(q, target)
+        grad_norm = self._step(self.critic_opt, self.critic, loss)
+        return {
+            "critic/loss": loss.detach(),
+            "critic/q_mean": q.detach().mean(),
+            "critic/q_min": q.detach().min(),
+            "critic/q_max": q.detach().max(),
+            "critic/q_abs_max": q.detach().abs().max(),
+            "critic/target_q": target.mean(),
+            "critic/grad_norm": grad_norm,
+        }
+
+    def update_actor(self, obs, actions, action_mask) -> dict[str, torch.Tensor]:
+        loss, terms = self.actor_loss(obs, actions, action_mask)
+        grad_norm = self._step(self.actor_opt, self.actor, loss)
+        return {"actor/loss": loss.detach(), "actor/grad_norm": grad_norm, **terms}
+
+    def actor_loss(self, obs, actions, action_mask) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    def normalized_q_loss(self, obs: torch.Tensor, chunk: torch.Tensor) -> torch.Tensor:
+        """−Q_k(s, â) / mean|Q_j(s, â)| with k drawn at random and j the next member, the normaliser detached
+        (Diffusion-QL and CPQL official code). Indexing by device tensors: no host synchronisation."""
+        q = self.critic(obs, chunk)  # (K, B)
+        k = torch.randint(q.shape[0], (1,), device=q.device)
+        other = (k + 1) % q.shape[0]
+        return -q.index_select(0, k).mean() / q.index_select(0, other).abs().mean().detach()
+
+    def _step(self, optimizer, module: nn.Module, loss: torch.Tensor) -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = nn.utils.clip_grad_norm_(module.parameters(), self.cfg["grad_norm"], foreach=True)
+        optimizer.step()
+        return grad_norm.detach()
+
+    def update_targets(self) -> None:
+        """Polyak critic targets and the EMA actor on their schedules (counted in updates, on the host)."""
+        cfg, step = self.cfg, self.num_updates
+        if step >= cfg["target_start"] and step % cfg["target_every"] == 0:
+            lerp_parameters_(self.critic_target, self.critic, cfg["tau"])
+        if step >= cfg["ema_start"] and step % cfg["ema_every"] == 0:
+            lerp_parameters_(self.actor_ema, self.actor, 1.0 - cfg["ema_decay"])
+
+    # ------------------------------------------------------------------ using a trained agent
+
+    @torch.no_grad()
+    def q_value(self, observations: torch.Tensor, actions: torch.Tensor, reduce: str = "min") -> torch.Tensor:
+        """Q(s_t, a_t..a_{t+H-1}) in environment units: observations (B, To, D), actions (B, H, A).
+
+        reduce: 'min' (B,) the pessimistic value the agent backs up, 'mean' (B,), or 'none' (K, B) one
+        value per critic. The online critics are used."""
+        q = self.critic(self.normalizer.obs(observations), self.normalizer.action(actions))
+        return {"min": lambda: q.min(dim=0).values, "mean": lambda: q.mean(dim=0), "none": lambda: q}[
+            reduce
+        ]()
+
+    @torch.no_grad()
+    def act(self, observation_history: torch.Tensor) -> torch.Tensor:
+        """Action chunk(s) in environment units: (To, D) -> (H, A), or a batch (B, To, D) -> (B, H, A).
+
+        N candidate chunks are sampled and one is chosen by the target critics' min Q (argmax, or a
+        softmax sample as in Diffusion-QL, by config)."""
+        single = observation_history.dim() == 2
+        obs = self.normalizer.obs(observation_history[None] if single else observation_history)
+        act_cfg = self.cfg["act"]
+        policy = self.actor_ema if act_cfg["actor"] == "ema" else self.actor
+        candidates = policy.sample_candidates(obs, act_cfg["candidates"])  # (B, N, H, A)
+        q = self.critic_target(obs, candidates).min(dim=0).values  # (B, N)
+        if act_cfg["select"] == "argmax":
+            choice = q.argmax(dim=-1)
+        else:
+            choice = torch.multinomial(torch.softmax(q, dim=-1), 1).squeeze(-1)
+        chunk = candidates[torch.arange(len(choice), device=choice.device), choice]
+        chunk = self.normalizer.unnormalize_action(chunk.clamp(-1, 1))
+        return chunk[0] if single else chunk
+
+    # ------------------------------------------------------------------ checkpoint state
+
+    def training_state(self) -> dict:
+        """Everything beyond the module weights that resuming needs."""
+        return {
+            "actor_opt": self.actor_opt.state_dict(),
+            "critic_opt": self.critic_opt.state_dict(),
+            "schedulers": [s.state_dict() for s in self.schedulers],
+            "num_updates": self.num_updates,
+        }
+
+    def load_training_state(self, state: dict) -> None:
+        self.actor_opt.load_state_dict(state["actor_opt"])
+        self.critic_opt.load_state_dict(state["critic_opt"])
+        for scheduler, scheduler_state in zip(self.schedulers, state["schedulers"], strict=True):
+            scheduler.load_state_dict(scheduler_state)
+        self.num_updates = int(state["num_updates"])

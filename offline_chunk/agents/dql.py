@@ -1,0 +1,22 @@
+"""DiffusionDoubleQAgent: Diffusion-QL (Wang, Hunt & Zhou, ICLR 2023) on action chunks.
+
+critic:  min over K critics of [Q_k(s, a) − y]², y = R^(τ) + (1 − d) γ^τ min_k Q_k^targ(s′, a′),
+         a′ sampled from the EMA actor at s′ (targets.py; other backups by config)
+actor:   L = L_bc + η · (−Q_k(s, â) / mean|Q_j(s, â)|),  â ~ π_θ(· | s) through the reverse chain
+         L_bc = E_{t, ε} ‖ε − ε_θ(√ᾱ_t a + √(1 − ᾱ_t) ε, s, t)‖²   (DDPM, T = 5, VP schedule)
+"""
+
+from __future__ import annotations
+
+from offline_chunk.agents.base import ChunkAgent
+
+
+class DiffusionDoubleQAgent(ChunkAgent):
+    name = "dql"
+
+    def actor_loss(self, obs, actions, action_mask):
+        bc_loss = self.actor.bc_loss(obs, actions, action_mask).mean()
+        sampled = self.actor.sample(obs, keep_graph=True)  # gradients flow through all T denoising steps
+        q_loss = self.normalized_q_loss(obs, sampled)
+        loss = self.cfg["bc_weight"] * bc_loss + self.cfg["eta"] * q_loss
+        return loss, {"actor/bc_loss": bc_loss.detach(), "actor/q_loss": q_loss.detach()}

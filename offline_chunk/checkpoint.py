@@ -1,0 +1,109 @@
+"""Checkpoints: one file holding everything needed to resume exactly, written atomically and loaded
+without executing code (`torch.load(weights_only=True)`).
+
+Contents: a format marker and version, the agent's name, dims and resolved config, all module weights
+(actor, EMA actor, critics, target critics, normalizer), optimizer and LR-scheduler states, the update
+count, and the RNG states (torch CPU and CUDA, the batch sampler's generator).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from offline_chunk.agents import ChunkAgent, Dims, make_agent
+from offline_chunk.data.normalize import Normalizer
+from offline_chunk.errors import CheckpointError
+
+FORMAT = "offline_chunk.checkpoint"
+VERSION = 1
+
+
+def rng_state(sampler_generator: torch.Generator | None) -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    if sampler_generator is not None:
+        state["sampler"] = sampler_generator.get_state()
+    return state
+
+
+def restore_rng_state(state: dict, sampler_generator: torch.Generator | None) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if sampler_generator is not None and "sampler" in state:
+        sampler_generator.set_state(state["sampler"])
+
+
+def save_checkpoint(
+    path, agent: ChunkAgent, cfg: dict, step: int, sampler_generator: torch.Generator | None = None
+) -> Path:
+    """Write to a temporary name in the same directory, then rename: a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "agent": agent.name,
+        "dims": asdict(agent.dims),
+        "config": cfg,
+        "step": int(step),
+        "weights": agent.state_dict(),
+        "training": agent.training_state(),
+        "rng": rng_state(sampler_generator),
+    }
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_checkpoint(path) -> dict:
+    """The payload of a checkpoint; a missing, corrupt or foreign file gets one clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for truncated or non-torch files
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+        ) from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not an offline_chunk checkpoint (no '{FORMAT}' marker)")
+    if payload.get("version", 0) > VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint version {payload['version']} is newer than this "
+            f"offline_chunk understands ({VERSION}); upgrade offline_chunk"
+        )
+    return payload
+
+
+def agent_from_payload(payload: dict, device) -> ChunkAgent:
+    dims = Dims(**payload["dims"])
+    cfg = payload["config"]
+    normalizer = Normalizer(dims.obs_dim, dims.action_dim)
+    agent = make_agent(payload["agent"], dims, cfg["agent"], normalizer, total_steps=cfg["steps"]).to(device)
+    agent.load_state_dict(payload["weights"])
+    agent.load_training_state(payload["training"])  # after .to(): optimizer state follows the parameters
+    return agent
+
+
+def pick_device(device=None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_agent(checkpoint, device=None) -> ChunkAgent:
+    """A trained agent from a checkpoint, in eval mode: `agent.q_value(obs, actions)` and
+    `agent.act(observation_history)`, both in environment units (see ChunkAgent)."""
+    return agent_from_payload(read_checkpoint(checkpoint), pick_device(device)).eval()

@@ -1,0 +1,81 @@
+"""Run configuration: configs/train/<preset>.yaml, with the agent's configs/agent/<name>.yaml under `agent`,
+then `key=value` overrides (dotted keys reach into nested sections, values parsed as YAML).
+
+An override of a key that no config defines is an error naming the closest valid keys: a typo never
+silently does nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from pathlib import Path
+
+import yaml
+
+from offline_chunk.errors import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.exists():
+        choices = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise ConfigError(f"{path}: no such config (available: {', '.join(choices)})")
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def _merge(base: dict, update: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _flat_keys(cfg: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in cfg.items():
+        keys.append(prefix + key)
+        if isinstance(value, dict):
+            keys += _flat_keys(value, f"{prefix}{key}.")
+    return keys
+
+
+def apply_override(cfg: dict, assignment: str) -> None:
+    """Set `a.b.c=value` in place; the key must already exist."""
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {assignment!r} is not key=value")
+    *parents, leaf = key.split(".")
+    node = cfg
+    for part in parents:
+        node = node.get(part) if isinstance(node, dict) else None
+    if not isinstance(node, dict) or leaf not in node:
+        close = difflib.get_close_matches(key, _flat_keys(cfg), n=3)
+        raise ConfigError(
+            f"unknown config key {key!r}" + (f" (did you mean {', '.join(close)}?)" if close else "")
+        )
+    node[leaf] = yaml.safe_load(raw)
+
+
+def _read_preset(preset: str, agent: str) -> dict:
+    """A train preset with its values for this agent applied (`per_agent`: e.g. the CPU step budget,
+    since a DQL update costs ~2.5x a CPQL one). Resolved per file, so a later preset's value wins."""
+    cfg = _read_yaml(CONFIG_DIR / "train" / f"{preset}.yaml")
+    return _merge(cfg, cfg.pop("per_agent", {}).get(agent, {}))
+
+
+def load_config(agent: str, preset: str = "default", overrides: list[str] | tuple = ()) -> dict:
+    """The resolved configuration of a run."""
+    train = _read_preset("default", agent)
+    if preset != "default":
+        train = _merge(train, _read_preset(preset, agent))
+    # A preset's `agent:` section (e.g. the gpu preset's network sizes) overrides the agent's file.
+    cfg = _merge({"agent": _read_yaml(CONFIG_DIR / "agent" / f"{agent}.yaml")}, train)
+    cfg["preset"] = preset
+    for assignment in overrides:
+        apply_override(cfg, assignment)
+    return cfg

@@ -1,0 +1,257 @@
+"""Agents: chunk Bellman targets by hand, policy evaluation against Monte-Carlo chunk values, short
+training runs, checkpoints, exact resume, and refusal of bad checkpoint files."""
+
+import numpy as np
+import pytest
+import torch
+
+from offline_chunk.agents.targets import backup_value, chunk_target, critic_loss, lerp_parameters_
+from offline_chunk.checkpoint import load_agent, read_checkpoint
+from offline_chunk.cli import main
+from offline_chunk.config import load_config
+from offline_chunk.data.store import StepData, write_store
+from offline_chunk.errors import CheckpointError, ConfigError
+from offline_chunk.train import build_run, train
+
+TINY_NETS = [
+    "agent.policy.feature_dim=16",
+    "agent.policy.down_dims=[8, 16]",
+    "agent.critic.feature_dim=16",
+    "agent.critic.down_dims=[8, 16]",
+    "agent.critic.head_hidden=32",
+    "agent.act.candidates=4",
+]
+
+# --------------------------------------------------------------------------- targets by hand
+
+
+def hand_batch():
+    return {
+        "cumulative_reward": torch.tensor([1.0, 2.0, 3.0]),
+        "chunk_done": torch.tensor([0.0, 1.0, 0.0]),
+        "discount_factor": torch.tensor([0.9, 0.81, 0.5]),
+    }
+
+
+# K = 2 critics, B = 3 states, N = 2 candidate next chunks.
+TARGET_Q = torch.tensor([[[4.0, 6.0], [1.0, 1.0], [10.0, -2.0]], [[5.0, 3.0], [7.0, 0.0], [8.0, 0.0]]])
+ONLINE_Q = torch.tensor([[[0.0, 9.0], [1.0, 1.0], [0.0, 9.0]], [[0.0, 9.0], [1.0, 1.0], [5.0, 0.0]]])
+
+
+@pytest.mark.parametrize(
+    "backup, next_value",
+    [
+        # min over critics then (N = 1) the single candidate: first candidate only
+        ("min", [4.0, 1.0, 8.0]),
+        ("mean", [4.5, 4.0, 9.0]),
+        # min over critics per candidate: [[4, 3], [1, 0], [8, -2]], then max over candidates
+        ("max_of_n", [4.0, 1.0, 8.0]),
+        # online min per candidate: [[0, 9], [1, 1], [0, 0]] -> argmax [1, 0, 0]; target min there: [3, 1, 8]
+        ("double", [3.0, 1.0, 8.0]),
+    ],
+)
+def test_chunk_targets_by_hand(backup, next_value):
+    single = backup in ("min", "mean")
+    target_q = TARGET_Q[..., :1] if single else TARGET_Q
+    online_q = ONLINE_Q if backup == "double" else None
+    value = backup_value(backup, target_q, online_q)
+    np.testing.assert_allclose(value.numpy(), next_value)
+    y = chunk_target(hand_batch(), value)
+    # y = R + (1 - d) γ^τ V: the done row keeps only its reward.
+    expected = [1 + 0.9 * next_value[0], 2.0, 3 + 0.5 * next_value[2]]
+    np.testing.assert_allclose(y.numpy(), expected, rtol=1e-6)
+
+
+def test_critic_loss_is_mse_summed_over_critics():
+    q = torch.tensor([[1.0, 2.0], [3.0, 5.0]])
+    target = torch.tensor([0.0, 2.0])
+    # critic 0: ((1)^2 + 0) / 2 = 0.5; critic 1: (9 + 9) / 2 = 9
+    assert critic_loss(q, target).item() == pytest.approx(9.5)
+
+
+def test_lerp_parameters_is_polyak():
+    online, target = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    expected = [
+        0.75 * t.detach().clone() + 0.25 * o.detach().clone()
+        for t, o in zip(target.parameters(), online.parameters(), strict=True)
+    ]
+    lerp_parameters_(target, online, 0.25)
+    for param, want in zip(target.parameters(), expected, strict=True):
+        torch.testing.assert_close(param.detach(), want)
+
+
+# --------------------------------------------------------------------------- tiny stores
+
+
+def chain_store(path, episodes=4, length=8):
+    """A deterministic chain: row t of each episode observes one-hot(t), reward (t + 1) / length, terminal at
+    the last row. Actions are a fixed function of t."""
+    t = np.tile(np.arange(length), episodes)
+    data = StepData(
+        observations={"obs": np.eye(length, dtype=np.float32)[t]},
+        action=np.stack([np.sin(t), np.cos(t)], axis=1).astype(np.float32) * 0.5,
+        reward=((t + 1) / length).astype(np.float32),
+        terminal=t == length - 1,
+        episode_ends=np.arange(length, length * episodes + 1, length),
+        attrs={"action_low": [-1.0, -1.0], "action_high": [1.0, 1.0]},
+    )
+    return write_store(data, path)
+
+
+def monte_carlo_values(length: int, gamma: float) -> np.ndarray:
+    """G_t = Σ_{i>=0} γ^i r_{t+i} up to the terminal, with r_t = (t + 1) / length."""
+    rewards = (np.arange(length) + 1) / length
+    return np.array([sum(gamma**i * r for i, r in enumerate(rewards[t:])) for t in range(length)])
+
+
+def tiny_config(agent, store, run_dir, *extra):
+    overrides = [
+        f"dataset={store}",
+        f"run_dir={run_dir}",
+        "batch_size=32",
+        "horizon=2",
+        "gamma=0.9",
+        "log_every=10",
+        "checkpoint_every=1000",
+        *TINY_NETS,
+        *extra,
+    ]
+    return load_config(agent, "default", overrides)
+
+
+def test_sarsa_critic_converges_to_monte_carlo_chunk_values(tmp_path):
+    """Policy evaluation: with the data's own next chunks the chunk critic's fixed point is the MC return."""
+    torch.manual_seed(0)
+    length, gamma = 8, 0.9
+    store = chain_store(tmp_path / "chain.zarr", length=length)
+    cfg = tiny_config(
+        "dql",
+        store,
+        tmp_path / "run",
+        "steps=1500",
+        "agent.backup=sarsa",
+        "agent.lr=0.003",
+        "agent.tau=0.05",
+        "agent.lr_schedule=constant",
+    )
+    run = build_run(cfg)
+    agent = run.agent
+    for _ in range(cfg["steps"]):
+        batch = run.sampler.sample()
+        obs = agent.normalizer.obs(batch["observations"])
+        agent.update_critic(
+            obs,
+            agent.normalizer.action(batch["actions"]),
+            agent.normalizer.obs(batch["next_observations"]),
+            batch,
+        )
+        agent.num_updates += 1
+        agent.update_targets()
+    data = run.dataset.data
+    rows = np.arange(length)  # the first episode; every start row is a transition (terminal at the end)
+    obs = torch.as_tensor(data.obs[rows])[:, None]
+    chunks = torch.as_tensor(data.action[np.minimum(rows[:, None] + np.arange(2), length - 1)])
+    q = agent.q_value(obs, chunks, reduce="mean").numpy()
+    np.testing.assert_allclose(q, monte_carlo_values(length, gamma), atol=0.15)
+
+
+# --------------------------------------------------------------------------- training runs
+
+
+@pytest.mark.parametrize("agent_name", ["dql", "cpql"])
+def test_agent_trains_with_finite_decreasing_critic_loss(tmp_path, agent_name):
+    torch.manual_seed(0)
+    store = chain_store(tmp_path / "chain.zarr")
+    cfg = tiny_config(agent_name, store, tmp_path / "run", "steps=150")
+    run = build_run(cfg)
+    losses = []
+    for _ in range(cfg["steps"]):
+        metrics = run.agent.update(run.sampler.sample())
+        assert all(torch.isfinite(v) for v in metrics.values())
+        losses.append(metrics["critic/loss"].item())
+    assert np.mean(losses[-30:]) < 0.5 * np.mean(losses[:30])
+
+
+def test_train_cli_writes_checkpoint_and_events_and_load_agent_works(tmp_path, capsys):
+    store = chain_store(tmp_path / "chain.zarr")
+    run_dir = tmp_path / "run"
+    code = main(
+        [
+            "train",
+            "--agent",
+            "cpql",
+            "--dataset",
+            str(store),
+            "--steps",
+            "20",
+            "--run",
+            str(run_dir),
+            "horizon=2",
+            "log_every=10",
+            *TINY_NETS,
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    final = run_dir / "checkpoints" / "final.pt"
+    assert str(final) in out and final.is_file()
+    assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+    assert (run_dir / "config.yaml").is_file()
+
+    agent = load_agent(final)
+    obs = torch.zeros(3, 1, 8)
+    chunks = torch.zeros(3, 2, 2)
+    assert agent.q_value(obs, chunks).shape == (3,)
+    assert agent.q_value(obs, chunks, reduce="none").shape == (2, 3)
+    chunk = agent.act(torch.zeros(1, 8))
+    assert chunk.shape == (2, 2)
+    assert (chunk.abs() <= 1.0).all()  # declared action bounds [-1, 1]
+
+
+def test_resume_is_bit_identical(tmp_path):
+    store = chain_store(tmp_path / "chain.zarr")
+    steps = ["steps=40", "checkpoint_every=25"]
+    straight = train(tiny_config("dql", store, tmp_path / "a", *steps))
+    resumed_from = tmp_path / "a" / "checkpoints" / "step_00000025.pt"
+    payload = read_checkpoint(resumed_from)
+    cfg = {**payload["config"], "run_dir": str(tmp_path / "b")}
+    resumed = train(cfg, payload)
+    a, b = read_checkpoint(straight)["weights"], read_checkpoint(resumed)["weights"]
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_bad_checkpoints_are_refused(tmp_path):
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load_agent(garbage)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, foreign)
+    with pytest.raises(CheckpointError, match="not an offline_chunk checkpoint"):
+        load_agent(foreign)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_agent(tmp_path / "absent.pt")
+
+
+def test_truncated_checkpoint_is_refused(tmp_path):
+    store = chain_store(tmp_path / "chain.zarr")
+    final = train(tiny_config("cpql", store, tmp_path / "run", "steps=2"))
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(final.read_bytes()[: final.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load_agent(truncated)
+
+
+def test_unknown_override_is_an_error():
+    with pytest.raises(ConfigError, match="did you mean agent.eta"):
+        load_config("dql", "default", ["agent.etta=2"])
+
+
+def test_presets_resolve_per_agent_values():
+    assert load_config("dql", "default")["steps"] == 1200  # DQL's CPU budget
+    assert load_config("cpql", "default")["steps"] == 3000
+    gpu = load_config("dql", "gpu")
+    assert gpu["steps"] == 1_000_000 and "per_agent" not in gpu  # a later preset's value wins
+    assert gpu["agent"]["policy"]["down_dims"] == [64, 128, 256]

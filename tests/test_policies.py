@@ -1,0 +1,195 @@
+"""Chunk policies: shapes, ranges, gradients through the sampler, schedules, losses, overfitting one chunk."""
+
+import copy
+import math
+
+import pytest
+import torch
+
+from offline_chunk.policies import ConsistencyChunkPolicy, DDPMChunkPolicy, make_policy
+from offline_chunk.policies.base import per_sample_mean
+from offline_chunk.policies.consistency import SIGMA_DATA, SIGMA_MIN, karras_weight
+from offline_chunk.policies.ddpm import vp_betas
+
+OBS_DIM, ACTION_DIM = 3, 2
+TINY = dict(
+    obs_dim=OBS_DIM,
+    obs_horizon=2,
+    action_dim=ACTION_DIM,
+    feature_dim=32,
+    noise_emb_dim=16,
+    down_dims=(16, 32),
+)
+VARIANTS = {
+    "ddpm": ("ddpm", {}),
+    "ddim": (
+        "ddpm",
+        dict(num_diffusion_steps=10, beta_schedule="squaredcos_cap_v2", sampler="ddim", inference_steps=5),
+    ),
+    "consistency": ("consistency", {}),
+    "consistency_multistep": ("consistency", dict(sample_steps=(20, 30))),
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tiny nets are per-op-overhead bound; extra intra-op threads only add contention on a busy CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_policy(variant: str, horizon: int = 5):
+    kind, kwargs = VARIANTS[variant]
+    return make_policy(kind, horizon=horizon, **TINY, **kwargs)
+
+
+def random_obs(batch: int) -> torch.Tensor:
+    return torch.randn(batch, TINY["obs_horizon"], OBS_DIM)
+
+
+def random_chunk(batch: int, horizon: int) -> torch.Tensor:
+    return torch.rand(batch, horizon, ACTION_DIM) * 2 - 1
+
+
+@pytest.mark.parametrize("horizon", [1, 5, 7])
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_shapes_and_range(variant, horizon):
+    torch.manual_seed(0)
+    policy = tiny_policy(variant, horizon)
+    obs = random_obs(3)
+    chunks = policy.sample(obs)
+    assert chunks.shape == (3, horizon, ACTION_DIM)
+    assert chunks.abs().max() <= 1.0
+    assert policy.bc_loss(obs, random_chunk(3, horizon)).shape == (3,)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_keep_graph_backpropagates_through_the_sampling_chain(variant):
+    torch.manual_seed(0)
+    policy = tiny_policy(variant)
+    obs = random_obs(4)
+    assert not policy.sample(obs).requires_grad
+    policy.sample(obs, keep_graph=True).sum().backward()
+    for name, param in policy.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+
+
+def test_sample_candidates_are_batched_distinct_and_reproducible():
+    policy = tiny_policy("consistency")
+    obs = random_obs(2)
+    candidates = policy.sample_candidates(obs, n=6, generator=torch.Generator().manual_seed(1))
+    assert candidates.shape == (2, 6, 5, ACTION_DIM)
+    gaps = (candidates[:, :, None] - candidates[:, None]).abs().amax(dim=(-2, -1))  # (B, n, n)
+    off_diagonal = ~torch.eye(6, dtype=torch.bool)
+    assert (gaps[:, off_diagonal] > 1e-4).all()
+    again = policy.sample_candidates(obs, n=6, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(candidates, again)
+    torch.manual_seed(3)
+    from_global_rng = policy.sample_candidates(obs, n=6)
+    torch.manual_seed(3)
+    assert torch.equal(from_global_rng, policy.sample_candidates(obs, n=6))
+
+
+def test_vp_betas_match_the_closed_form():
+    steps, beta_min, beta_max = 5, 0.1, 10.0
+    alphas = [
+        math.exp(-beta_min / steps - (beta_max - beta_min) * (2 * t - 1) / (2 * steps**2))
+        for t in range(1, steps + 1)
+    ]
+    expected = torch.tensor([1 - a for a in alphas], dtype=torch.float64)
+    torch.testing.assert_close(vp_betas(steps), expected)
+    policy = DDPMChunkPolicy(horizon=5, **TINY)
+    torch.testing.assert_close(policy.noise_scheduler.betas, expected.float())
+    torch.testing.assert_close(policy.noise_scheduler.alphas_cumprod, torch.tensor(alphas).cumprod(0))
+
+
+def test_consistency_boundary_condition_is_exact():
+    policy = ConsistencyChunkPolicy(horizon=5, **TINY)
+    sigma_min = torch.full((4,), SIGMA_MIN)
+    c_skip, c_out = policy.karras.get_scalings_for_boundary_condition(sigma_min)
+    assert torch.equal(c_skip, torch.ones(4)) and torch.equal(c_out, torch.zeros(4))
+    assert torch.isclose(policy.sigmas[-1], torch.tensor(SIGMA_MIN))
+    chunk = random_chunk(4, 5)
+    with torch.no_grad():
+        assert torch.equal(policy.denoise(chunk, sigma_min, policy.obs_encoder(random_obs(4))), chunk)
+
+
+def test_karras_weight_by_hand():
+    sigma = torch.tensor([0.5, 2.0])
+    torch.testing.assert_close(karras_weight(sigma), torch.tensor([1 / 0.25 + 4.0, 1 / 4.0 + 4.0]))
+    assert SIGMA_DATA == 0.5
+
+
+def test_recon_loss_is_weighted_mse_at_the_drawn_sigma():
+    # Two Karras levels: training always draws n = 0, sigma_n = sigma_max = 1, so w = 1 / 1 + 1 / 0.25 = 5.
+    policy = ConsistencyChunkPolicy(horizon=5, sigma_max=1.0, num_scales=2, **TINY)
+    obs, actions = random_obs(3), random_chunk(3, 5)
+    loss = policy.bc_loss(obs, actions, generator=torch.Generator().manual_seed(7))
+    replay = torch.Generator().manual_seed(7)
+    torch.randint(1, (3,), generator=replay)  # the level draw
+    noise = torch.randn(actions.shape, generator=replay)
+    denoised = policy.denoise(actions + noise, torch.ones(3), policy.obs_encoder(obs))
+    torch.testing.assert_close(loss, 5.0 * ((denoised - actions) ** 2).mean(dim=(1, 2)))
+
+
+def test_consistency_loss_against_the_sigma_min_target_is_the_recon_loss():
+    # With levels (sigma_max, sigma_min) the Euler step lands at actions + sigma_min z and the target
+    # returns it unchanged (boundary condition), so the two losses differ only by the sigma_min noise.
+    policy = ConsistencyChunkPolicy(horizon=5, sigma_max=1.0, num_scales=2, **TINY)
+    obs, actions = random_obs(3), random_chunk(3, 5) * 0.9
+    losses = policy.consistency_losses(obs, actions, target=copy.deepcopy(policy))
+    torch.testing.assert_close(losses["consistency"], losses["recon"], rtol=0.05, atol=0.05)
+    with pytest.raises(ValueError, match="target"):
+        policy.bc_loss(obs, actions, kind="consistency")
+
+
+def test_per_sample_mean_skips_padded_steps():
+    squared_error = torch.ones(2, 3, 2)
+    squared_error[0, 2] = 100.0  # padding step of the first chunk
+    mask = torch.tensor([[True, True, False], [True, True, True]])
+    torch.testing.assert_close(per_sample_mean(squared_error, mask), torch.tensor([1.0, 1.0]))
+    torch.testing.assert_close(per_sample_mean(squared_error), torch.tensor([(4 + 200) / 6, 1.0]))
+
+
+def test_ddpm_masked_loss_by_hand():
+    policy = DDPMChunkPolicy(horizon=5, **TINY)
+    obs, actions = random_obs(2), random_chunk(2, 5)
+    mask = torch.tensor([[True, True, True, False, False], [True] * 5])
+    loss = policy.bc_loss(obs, actions, mask, generator=torch.Generator().manual_seed(5))
+    replay = torch.Generator().manual_seed(5)
+    noise = torch.randn(actions.shape, generator=replay)
+    t = torch.randint(5, (2,), generator=replay)
+    noisy = policy.noise_scheduler.add_noise(actions, noise, t)
+    squared_error = (policy.network(noisy, t.float(), policy.obs_encoder(obs)) - noise) ** 2
+    expected = torch.stack([squared_error[0, :3].mean(), squared_error[1].mean()])
+    torch.testing.assert_close(loss, expected)
+
+
+@pytest.mark.parametrize("kind, lr", [("ddpm", 1e-2), ("consistency", 3e-3)])
+def test_overfits_one_chunk(kind, lr):
+    """300 Adam steps on one chunk for one observation: samples land within 0.08 of it on average."""
+    torch.manual_seed(0)
+    policy = make_policy(kind, horizon=5, **TINY)
+    target = torch.tensor([[0.5, -0.3], [0.2, 0.8], [-0.6, 0.1], [0.9, -0.9], [0.0, 0.4]])
+    obs = torch.zeros(32, TINY["obs_horizon"], OBS_DIM)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=lr)
+    for _ in range(300):
+        loss = policy.bc_loss(obs, target.expand(32, -1, -1)).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    error = (policy.sample(torch.zeros(128, TINY["obs_horizon"], OBS_DIM)) - target).abs()
+    assert error.mean() < 0.08, error.mean()
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError, match="kind"):
+        make_policy("flow", horizon=5, **TINY)
+    with pytest.raises(ValueError, match="divide"):
+        DDPMChunkPolicy(horizon=5, sampler="ddim", inference_steps=2, **TINY)
+    with pytest.raises(ValueError, match="beta_schedule"):
+        DDPMChunkPolicy(horizon=5, beta_schedule="cosine", **TINY)
+    with pytest.raises(ValueError, match="sample_steps"):
+        ConsistencyChunkPolicy(horizon=5, sample_steps=(30, 20), **TINY)
