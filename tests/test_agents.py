@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
+from offline_chunk import load_agent
 from offline_chunk.agents.targets import backup_value, chunk_target, critic_loss, lerp_parameters_
-from offline_chunk.checkpoint import load_agent, read_checkpoint
+from offline_chunk.checkpoint import read_checkpoint
 from offline_chunk.cli import main
 from offline_chunk.config import load_config
 from offline_chunk.data.store import StepData, write_store
