@@ -71,9 +71,10 @@ def stores(draw):
 
 def assert_item_equal(item: dict, expected: dict):
     assert set(item) == set(ITEM_KEYS) | ({"next_actions"} & set(item))
-    for key in ("observations", "next_observations", "actions", "next_actions")[
-        : 3 + ("next_actions" in item)
-    ]:
+    gathered = ("observations", "next_observations", "actions") + (
+        ("next_actions",) if "next_actions" in item else ()
+    )
+    for key in gathered:
         np.testing.assert_array_equal(item[key].numpy(), expected[key], err_msg=key)
     np.testing.assert_array_equal(item["action_mask"].numpy(), expected["action_mask"])
     assert item["action_mask"].dtype == torch.bool

@@ -119,6 +119,16 @@ class ChunkAgent(nn.Module):
     def actor_loss(self, obs, actions, action_mask) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
 
+    def weighted_actor_loss(self, bc_loss: torch.Tensor, q_loss: torch.Tensor):
+        """bc_weight · L_bc + eta · L_q, with each term as a metric."""
+        bc_term, q_term = self.cfg["bc_weight"] * bc_loss, self.cfg["eta"] * q_loss
+        return bc_term + q_term, {
+            "actor/bc_loss": bc_loss.detach(),
+            "actor/q_loss": q_loss.detach(),
+            "actor/bc_term": bc_term.detach(),
+            "actor/q_term": q_term.detach(),
+        }
+
     def normalized_q_loss(self, obs: torch.Tensor, chunk: torch.Tensor) -> torch.Tensor:
         """−Q_k(s, â) / mean|Q_j(s, â)| with k drawn at random and j the next member, the normaliser detached
         (Diffusion-QL and CPQL official code). Indexing by device tensors: no host synchronisation."""

@@ -22,5 +22,4 @@ class CPQLAgent(ChunkAgent):
         bc_loss = self.actor.bc_loss(obs, actions, action_mask, kind=kind, target=target).mean()
         sampled = self.actor.sample(obs, keep_graph=True)
         q_loss = self.normalized_q_loss(obs, sampled)
-        loss = self.cfg["bc_weight"] * bc_loss + self.cfg["eta"] * q_loss
-        return loss, {"actor/bc_loss": bc_loss.detach(), "actor/q_loss": q_loss.detach()}
+        return self.weighted_actor_loss(bc_loss, q_loss)

@@ -18,5 +18,4 @@ class DiffusionDoubleQAgent(ChunkAgent):
         bc_loss = self.actor.bc_loss(obs, actions, action_mask).mean()
         sampled = self.actor.sample(obs, keep_graph=True)  # gradients flow through all T denoising steps
         q_loss = self.normalized_q_loss(obs, sampled)
-        loss = self.cfg["bc_weight"] * bc_loss + self.cfg["eta"] * q_loss
-        return loss, {"actor/bc_loss": bc_loss.detach(), "actor/q_loss": q_loss.detach()}
+        return self.weighted_actor_loss(bc_loss, q_loss)
