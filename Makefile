@@ -14,15 +14,20 @@ AGENT   ?= cpql
 PRESET  ?= default
 DEFAULT_STORE := data/scene-play-singletask-task2-v0.zarr
 # Command-line words that are not this Makefile's own variables are config overrides: `make train agent.eta=2`.
-OWN_VARIABLES := PYTHON=% VENV=% TORCH=% DATA=% OUT=% ARGS=% AGENT=% PRESET=% DATASET=% STEPS=% RUN=% RESUME=%
+TASK    ?= scene-play-singletask-task1-v0
+SEEDS   ?= 0
+BENCH   ?= quick
+OWN_VARIABLES := PYTHON=% VENV=% TORCH=% DATA=% OUT=% ARGS=% AGENT=% PRESET=% DATASET=% STEPS=% RUN=% RESUME=% \
+	TASK=% SEEDS=% BENCH=% CKPT=% EPISODES=% EXECUTE=% WORKERS=%
 OVERRIDES = $(filter-out $(OWN_VARIABLES),$(MAKEOVERRIDES))
 
-.PHONY: install dataset train test test-all bench-data lint clean help
+.PHONY: install dataset train eval benchmark test test-all bench-data lint clean help
 
 help:
 	@echo "make install                    create $(VENV) with torch and every extra"
 	@echo "make dataset [DATA=...] [OUT=...] convert or generate a step-level zarr store"
 	@echo "make train [AGENT=cpql|dql] [DATASET=...] [STEPS=...] [RUN=...] [RESUME=ckpt] [PRESET=gpu] [key=value ...]"
+	@echo "make eval CKPT=... [EPISODES=50] [EXECUTE=k] [WORKERS=2] [ARGS=...]  rollouts in the simulator"
 	@echo "make test                       fast CPU test suite (what CI runs)"
 	@echo "make test-all                   also the slow tests"
 	@echo "make bench-data                 chunk-index and sampler benchmarks"
@@ -45,8 +50,20 @@ train: $(STAMP) $(if $(DATASET)$(RESUME),,$(DEFAULT_STORE))
 		$(if $(STEPS),--steps $(STEPS)) $(if $(RUN),--run "$(RUN)") $(if $(RESUME),--resume "$(RESUME)") \
 		$(OVERRIDES) $(ARGS)
 
+# Rollouts of a checkpoint in its store's simulator (ARGS: --render K, --candidates N, --max-steps T, --out DIR).
+eval: $(STAMP)
+	@test -n "$(CKPT)" || { echo "make eval needs CKPT=<checkpoint>, e.g. CKPT=runs/<run>/checkpoints/final.pt" >&2; exit 2; }
+	$(PY) -m offline_chunk eval "$(CKPT)" $(if $(EPISODES),--episodes $(EPISODES)) \
+		$(if $(EXECUTE),--execute $(EXECUTE)) $(if $(WORKERS),--workers $(WORKERS)) $(ARGS)
+
 $(DEFAULT_STORE): | $(STAMP)
 	$(PY) -m offline_chunk dataset ogbench:scene-play-singletask-task2-v0 --out $@
+
+# Train and evaluate AGENT (comma-separated) on TASK for every seed, with the eta = 0 ablation; writes
+# runs/benchmark/<task>/benchmark.md beside the Q-chunking paper's figures.
+benchmark: $(STAMP)
+	$(PY) -m offline_chunk benchmark --task $(TASK) --agent $(AGENT) --seeds $(SEEDS) --preset $(BENCH) \
+		$(if $(STEPS),--steps $(STEPS)) --out runs/benchmark/$(TASK) $(OVERRIDES) $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

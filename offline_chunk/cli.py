@@ -72,6 +72,38 @@ def cmd_train(args) -> None:
     train(cfg, resume)
 
 
+def cmd_eval(args) -> None:
+    from offline_chunk.evaluate import evaluate, format_summary
+
+    report = evaluate(
+        args.checkpoint,
+        episodes=args.episodes,
+        execute=args.execute,
+        workers=args.workers,
+        seed=args.seed,
+        candidates=args.candidates,
+        max_steps=args.max_steps,
+        render=args.render,
+        out=args.out,
+        progress=not args.no_progress,
+    )
+    print(format_summary(report))
+
+
+def cmd_benchmark(args) -> None:
+    from offline_chunk.benchmark import run_benchmark
+
+    run_benchmark(
+        args.task,
+        args.agent.split(","),
+        args.steps,
+        [int(s) for s in args.seeds.split(",")],
+        args.preset,
+        Path(args.out),
+        args.overrides,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="offline_chunk", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
@@ -101,6 +133,31 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", help="checkpoint to continue from (its config, plus any overrides)")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. agent.eta=2")
     train.set_defaults(handler=cmd_train)
+
+    evaluation = commands.add_parser("eval", help="roll a checkpoint out in its store's simulator")
+    evaluation.add_argument("checkpoint")
+    evaluation.add_argument("--episodes", type=int, default=50, help="episodes (default 50, the paper's)")
+    evaluation.add_argument(
+        "--execute", type=int, help="actions run per chunk before re-planning (default H: open loop)"
+    )
+    evaluation.add_argument("--workers", type=int, default=2, help="environment processes (default 2)")
+    evaluation.add_argument("--seed", type=int, default=0, help="episode i resets with seed + i")
+    evaluation.add_argument("--candidates", type=int, help="chunks sampled per plan (default: the agent's)")
+    evaluation.add_argument("--max-steps", type=int, help="episode time limit (default: the environment's)")
+    evaluation.add_argument("--render", type=int, default=0, help="GIFs of the first K episodes")
+    evaluation.add_argument("--out", help="output directory (default: the checkpoint's)")
+    evaluation.add_argument("--no-progress", action="store_true", help="no progress bar")
+    evaluation.set_defaults(handler=cmd_eval)
+
+    bench = commands.add_parser("benchmark", help="train and evaluate on an OGBench task; table vs the paper")
+    bench.add_argument("--task", default="scene-play-singletask-task1-v0")
+    bench.add_argument("--agent", default="cpql", help="comma-separated agents")
+    bench.add_argument("--steps", type=int, default=3000)
+    bench.add_argument("--seeds", default="0", help="comma-separated seeds (3 or more for reported figures)")
+    bench.add_argument("--preset", default="quick", choices=["quick", "paper"])
+    bench.add_argument("--out", default="runs/benchmark")
+    bench.add_argument("overrides", nargs="*", metavar="key=value")
+    bench.set_defaults(handler=cmd_benchmark)
 
     inspect = commands.add_parser("inspect", help="validate a store and print its summary")
     inspect.add_argument("store")

@@ -138,12 +138,44 @@ def log_interval(run: Run, writer: SummaryWriter, log: MetricLog, bar: tqdm, upd
     )
 
 
+def evaluate_in_training(run: Run, writer: SummaryWriter, train_seconds: float) -> None:
+    """Roll the current policy out (`eval_episodes` episodes from a checkpoint of this step), log it to
+    TensorBoard and append it to <run>/evaluations.csv (what `make benchmark` reads)."""
+    from offline_chunk.evaluate import evaluate  # simulators are imported only when a run evaluates
+
+    cfg = run.cfg
+    report = evaluate(
+        run.checkpoint(),
+        episodes=cfg["eval_episodes"],
+        workers=cfg["eval_workers"],
+        seed=cfg["seed"],
+        progress=False,
+    )
+    low, high = report["success_ci95"]
+    for key, value in (
+        ("success_rate", report["success_rate"]),
+        ("success_ci95_low", low),
+        ("success_ci95_high", high),
+        ("return_mean", report["return_mean"]),
+    ):
+        writer.add_scalar(f"eval/{key}", value, run.step)
+    path = run.run_dir / "evaluations.csv"
+    new_file = not path.exists()
+    with open(path, "a") as f:
+        if new_file:
+            f.write("step,train_seconds,success_rate,success_ci95_low,success_ci95_high,return_mean\n")
+        f.write(
+            f"{run.step},{train_seconds:.1f},{report['success_rate']},{low},{high},{report['return_mean']}\n"
+        )
+
+
 def train_loop(run: Run) -> Path:
     cfg = run.cfg
     writer = SummaryWriter(run.run_dir / "tb")
     log = MetricLog()
     bar = tqdm(total=cfg["steps"], initial=run.step, desc=f"train {cfg['agent']['name']}", unit="upd")
     tick, tick_step = time.perf_counter(), run.step
+    train_seconds = 0.0  # wall time spent updating, evaluations excluded
     try:
         while run.step < cfg["steps"]:
             log.add(run.agent.update(run.sampler.sample()))
@@ -152,9 +184,13 @@ def train_loop(run: Run) -> Path:
             if run.step % cfg["log_every"] == 0 or run.step == cfg["steps"]:
                 now = time.perf_counter()
                 log_interval(run, writer, log, bar, (run.step - tick_step) / (now - tick))
+                train_seconds += now - tick
                 tick, tick_step = now, run.step
             if run.step % cfg["checkpoint_every"] == 0:
                 run.checkpoint()
+            if cfg["eval_every"] and run.step % cfg["eval_every"] == 0:
+                evaluate_in_training(run, writer, train_seconds + time.perf_counter() - tick)
+                tick, tick_step = time.perf_counter(), run.step
     except KeyboardInterrupt:
         path = run.checkpoint(f"interrupted_step_{run.step:08d}.pt")
         bar.close()

@@ -1,0 +1,97 @@
+"""OGBench environments for evaluation: the gymnasium id a store records, the environment itself, and a
+MuJoCo GL backend that renders without a display."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+from offline_chunk.data.store import open_group
+from offline_chunk.errors import DataError
+
+GL_BACKENDS = ("egl", "osmesa")  # headless MuJoCo rendering: GPU (or Mesa) EGL, then software OSMesa
+GL_PROBE = (
+    "import mujoco; model = mujoco.MjModel.from_xml_string('<mujoco/>'); "
+    "renderer = mujoco.Renderer(model, 8, 8); renderer.update_scene(mujoco.MjData(model)); renderer.render()"
+)
+GL_PROBE_TIMEOUT_S = 60
+
+
+def store_attributes(store) -> dict:
+    """The root attributes of a store, without reading its arrays."""
+    return dict(open_group(Path(store)).attrs.asdict())
+
+
+def env_id_from_store(store) -> str:
+    """The gymnasium id recorded in the store (`attrs["env_id"]`), checked to be registered."""
+    env_id = store_attributes(store).get("env_id")
+    if not env_id:
+        raise DataError(
+            store,
+            "has no 'env_id' attribute: evaluation needs the simulator's gymnasium id "
+            "(OGBench sources record it, e.g. scene-singletask-task2-v0)",
+        )
+    check_registered(env_id, store)
+    return env_id
+
+
+def check_registered(env_id: str, source) -> None:
+    import gymnasium
+    import ogbench  # noqa: F401  (registers OGBench's environments)
+
+    if env_id not in gymnasium.registry:
+        raise DataError(
+            source,
+            f"env_id {env_id!r} is not a registered gymnasium environment (after `import ogbench`)",
+        )
+
+
+def time_limit(env_id: str, max_steps: int | None) -> int | None:
+    """The episode step limit: `max_steps`, else the one the environment is registered with."""
+    import gymnasium
+
+    return max_steps if max_steps is not None else gymnasium.spec(env_id).max_episode_steps
+
+
+def make_env(env_id: str, max_steps: int | None = None, gl_backend: str | None = None):
+    """One environment, built inside its worker process (AsyncVectorEnv also builds one in the calling
+    process to read the spaces). MuJoCo reads MUJOCO_GL when it is first imported, so a rendering worker
+    must be a fresh (spawned) process that sets it first."""
+    if gl_backend is not None:
+        os.environ["MUJOCO_GL"] = gl_backend
+    import gymnasium
+    import ogbench  # noqa: F401  (registers OGBench's environments)
+
+    # OGBench declares float64 bounds on float32 Box spaces and builds a new Box on every `action_space`
+    # access (its resets sample from it), each warning that the bounds are cast to float32.
+    warnings.filterwarnings("ignore", message=".*precision lowered by casting to float32")
+    limit = {} if max_steps is None else {"max_episode_steps": max_steps}
+    return gymnasium.make(env_id, **limit)
+
+
+def find_gl_backend() -> tuple[str | None, str]:
+    """A MuJoCo GL backend that renders here, tried by rendering one frame in a subprocess (a failing backend
+    can abort the process that tries it): the user's MUJOCO_GL, else egl, then osmesa.
+    Returns (backend, "") or (None, why none works)."""
+    candidates = [os.environ["MUJOCO_GL"]] if os.environ.get("MUJOCO_GL") else list(GL_BACKENDS)
+    failures = []
+    for backend in candidates:
+        try:
+            probe = subprocess.run(
+                [sys.executable, "-c", GL_PROBE],
+                env={**os.environ, "MUJOCO_GL": backend},
+                capture_output=True,
+                text=True,
+                timeout=GL_PROBE_TIMEOUT_S,
+            )
+        except subprocess.TimeoutExpired:
+            failures.append(f"{backend}: no frame in {GL_PROBE_TIMEOUT_S} s")
+            continue
+        if probe.returncode == 0:
+            return backend, ""
+        last_line = (probe.stderr.strip().splitlines() or [f"exit status {probe.returncode}"])[-1]
+        failures.append(f"{backend}: {last_line[:160]}")
+    return None, "no MuJoCo GL backend renders here (" + "; ".join(failures) + ")"
