@@ -75,6 +75,10 @@ bench-data: $(STAMP)
 	$(PY) -m pytest benchmarks/bench_data.py -q -m "" --benchmark-only --benchmark-columns=min,median,max,rounds \
 		--benchmark-json=benchmarks/last_bench_data.json
 
+bench-update: $(STAMP)
+	$(PY) -m pytest benchmarks/bench_update.py -q -m "" --benchmark-only --benchmark-columns=min,median,max,rounds \
+		--benchmark-json=benchmarks/last_bench_update.json
+
 lint: $(STAMP)
 	$(PY) -m ruff check offline_chunk tests benchmarks
 

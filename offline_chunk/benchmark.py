@@ -18,6 +18,13 @@ import numpy as np
 
 REFERENCE_CSV = Path(__file__).resolve().parents[1] / "benchmarks" / "reference" / "qc_ogbench_offline.csv"
 PAPER_METHODS = ("QC", "FQL", "BFN")
+# The behaviour-cloning-only ablation of each agent: its Q-driven actor term switched off.
+BC_ONLY = {
+    "dql": "agent.eta=0",
+    "cpql": "agent.eta=0",
+    "chunk_sac": "agent.sac_weight=0",
+    "td3bc": "agent.alpha=0",
+}
 TASK_PATTERN = re.compile(r"^(?P<env>(scene|puzzle-\dx\d|cube-\w+)-play)-singletask-(?P<task>task\d)-v0$")
 
 # Presets: `paper` is the published protocol; `quick` fits a CPU hour on the easiest tasks.
@@ -156,7 +163,7 @@ def run_benchmark(
     store = ensure_store(task, settings["episodes"], reward)
     evaluations = []
     for agent in agents:
-        for label, extra in ((agent, []), (f"{agent} BC-only", ["agent.eta=0"])):
+        for label, extra in ((agent, []), (f"{agent} BC-only", [BC_ONLY[agent]])):
             for seed in seeds:
                 run_dir = out_dir / f"{label.replace(' ', '-')}-seed{seed}"
                 cfg = load_config(

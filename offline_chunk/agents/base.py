@@ -1,9 +1,12 @@
 """Actor-critic machinery shared by the chunk agents: critic ensemble and targets, the chunk Bellman
-update, the normalised Q term of the actor, EMA and Polyak updates, acting and Q queries.
+update, Polyak updates, acting and Q queries (`ChunkAgent`); and the layer of the diffusion-family agents:
+EMA actor, backups over sampled candidate chunks, the normalised Q term, acting by Q over candidates
+(`DiffusionChunkAgent`).
 
-An agent subclass states only its actor loss (`actor_loss`), so it reads like its paper's update rule.
-Everything in `update` stays on the device: no `.item()`, no branching on tensor values; metrics come
-back as 0-d tensors for the training loop to read at its log interval.
+An agent states its critic target's next-state value (`next_state_value`), its actor loss (`actor_loss`)
+and how it picks a chunk to act (`choose_chunk`), so it reads like its paper's update rule. Everything in
+`update` stays on the device: no `.item()`, no branching on tensor values; metrics come back as 0-d
+tensors for the training loop to read at its log interval.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from diffusers.optimization import get_scheduler
 from torch import nn
 
 from offline_chunk.agents.targets import (
+    BACKUPS,
     backup_value,
     candidates_for,
     chunk_target,
@@ -36,15 +40,19 @@ class Dims:
 
 
 class ChunkAgent(nn.Module):
-    """A diffusion-family chunk actor with an ensemble of U-Net chunk critics."""
+    """A chunk actor (`cfg["policy"]`) with an ensemble of U-Net chunk critics and their Polyak targets.
+
+    Subclasses provide `next_state_value`, `actor_loss` and `choose_chunk`."""
+
+    backups = BACKUPS  # the `backup` values the agent's next_state_value implements
 
     def __init__(self, dims: Dims, cfg: dict, normalizer: Normalizer, total_steps: int):
         super().__init__()
+        if cfg["backup"] not in self.backups:
+            raise ValueError(f"{self.name}: backup must be one of {self.backups}, got {cfg['backup']!r}")
         self.dims, self.cfg = dims, cfg
         self.normalizer = normalizer
-        shape = asdict(dims)
-        self.actor = make_policy(**cfg["policy"], **shape)
-        self.actor_ema = copy.deepcopy(self.actor).requires_grad_(False)
+        self.actor = make_policy(**cfg["policy"], **asdict(dims))
         critic_cfg = dict(cfg["critic"])
         self.critic = ChunkCriticEnsemble(
             dims.obs_dim, dims.obs_horizon, dims.action_dim, size=critic_cfg.pop("ensemble"), **critic_cfg
@@ -59,7 +67,6 @@ class ChunkAgent(nn.Module):
             for opt in (self.actor_opt, self.critic_opt)
         ]
         self.num_updates = 0
-        candidates_for(cfg["backup"], cfg["backup_candidates"])  # fail fast on an unknown backup
 
     # ------------------------------------------------------------------ the update
 
@@ -82,23 +89,23 @@ class ChunkAgent(nn.Module):
             "lr/critic": self.schedulers[1].get_last_lr()[0],
         }
 
-    @torch.no_grad()
     def next_state_value(self, next_obs: torch.Tensor, batch: dict) -> torch.Tensor:
-        """The backup V(s_{t+τ}) over candidate next chunks (targets.py)."""
-        backup = self.cfg["backup"]
-        n = candidates_for(backup, self.cfg["backup_candidates"])
-        if n == 0:  # sarsa: the data's own next chunk
-            next_chunks = self.normalizer.action(batch["next_actions"])[:, None]
-        else:
-            policy = self.actor_ema if self.cfg["target_actor"] == "ema" else self.actor
-            next_chunks = policy.sample_candidates(next_obs, n)
-        target_q = self.critic_target(next_obs, next_chunks)  # (K, B, N)
-        online_q = self.critic(next_obs, next_chunks) if backup == "double" else None
-        return backup_value(backup, target_q, online_q)
+        """V(s_{t+τ}) (B,) for the chunk Bellman target (no gradient)."""
+        raise NotImplementedError
+
+    def policy_chunk_value(self, next_obs: torch.Tensor, next_chunk: torch.Tensor) -> torch.Tensor:
+        """The target critics' backup (`min` or `mean` over the ensemble) of one next chunk per state."""
+        return backup_value(
+            self.cfg["backup"], self.critic_target(next_obs, self.critic_view(next_chunk)[:, None])
+        )
+
+    def critic_view(self, chunk: torch.Tensor) -> torch.Tensor:
+        """The part of a (..., H, A) chunk the critics score: all of it (an agent may score a prefix)."""
+        return chunk
 
     def update_critic(self, obs, actions, next_obs, batch) -> dict[str, torch.Tensor]:
         target = chunk_target(batch, self.next_state_value(next_obs, batch))
-        q = self.critic(obs, actions)  # (K, B)
+        q = self.critic(obs, self.critic_view(actions))  # (K, B)
         loss = critic_loss(q, target)
         grad_norm = self._step(self.critic_opt, self.critic, loss)
         return {
@@ -119,24 +126,6 @@ class ChunkAgent(nn.Module):
     def actor_loss(self, obs, actions, action_mask) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
 
-    def weighted_actor_loss(self, bc_loss: torch.Tensor, q_loss: torch.Tensor):
-        """bc_weight · L_bc + eta · L_q, with each term as a metric."""
-        bc_term, q_term = self.cfg["bc_weight"] * bc_loss, self.cfg["eta"] * q_loss
-        return bc_term + q_term, {
-            "actor/bc_loss": bc_loss.detach(),
-            "actor/q_loss": q_loss.detach(),
-            "actor/bc_term": bc_term.detach(),
-            "actor/q_term": q_term.detach(),
-        }
-
-    def normalized_q_loss(self, obs: torch.Tensor, chunk: torch.Tensor) -> torch.Tensor:
-        """−Q_k(s, â) / mean|Q_j(s, â)| with k drawn at random and j the next member, the normaliser detached
-        (Diffusion-QL and CPQL official code). Indexing by device tensors: no host synchronisation."""
-        q = self.critic(obs, chunk)  # (K, B)
-        k = torch.randint(q.shape[0], (1,), device=q.device)
-        other = (k + 1) % q.shape[0]
-        return -q.index_select(0, k).mean() / q.index_select(0, other).abs().mean().detach()
-
     def _step(self, optimizer, module: nn.Module, loss: torch.Tensor) -> torch.Tensor:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -145,12 +134,10 @@ class ChunkAgent(nn.Module):
         return grad_norm.detach()
 
     def update_targets(self) -> None:
-        """Polyak critic targets and the EMA actor on their schedules (counted in updates, on the host)."""
+        """Polyak critic targets on their schedule (counted in updates, on the host)."""
         cfg, step = self.cfg, self.num_updates
         if step >= cfg["target_start"] and step % cfg["target_every"] == 0:
             lerp_parameters_(self.critic_target, self.critic, cfg["tau"])
-        if step >= cfg["ema_start"] and step % cfg["ema_every"] == 0:
-            lerp_parameters_(self.actor_ema, self.actor, 1.0 - cfg["ema_decay"])
 
     # ------------------------------------------------------------------ using a trained agent
 
@@ -159,31 +146,24 @@ class ChunkAgent(nn.Module):
         """Q(s_t, a_t..a_{t+H-1}) in environment units: observations (B, To, D), actions (B, H, A).
 
         reduce: 'min' (B,) the pessimistic value the agent backs up, 'mean' (B,), or 'none' (K, B) one
-        value per critic. The online critics are used."""
-        q = self.critic(self.normalizer.obs(observations), self.normalizer.action(actions))
+        value per critic. The online critics are used; critics that score a prefix of the chunk
+        (`critic_view`, e.g. chunk_sac with critic_input=first_action) give the value of that prefix."""
+        q = self.critic(self.normalizer.obs(observations), self.critic_view(self.normalizer.action(actions)))
         return {"min": lambda: q.min(dim=0).values, "mean": lambda: q.mean(dim=0), "none": lambda: q}[
             reduce
         ]()
 
     @torch.no_grad()
     def act(self, observation_history: torch.Tensor) -> torch.Tensor:
-        """Action chunk(s) in environment units: (To, D) -> (H, A), or a batch (B, To, D) -> (B, H, A).
-
-        N candidate chunks are sampled and one is chosen by the target critics' min Q (argmax, or a
-        softmax sample as in Diffusion-QL, by config)."""
+        """Action chunk(s) in environment units: (To, D) -> (H, A), or a batch (B, To, D) -> (B, H, A)."""
         single = observation_history.dim() == 2
         obs = self.normalizer.obs(observation_history[None] if single else observation_history)
-        act_cfg = self.cfg["act"]
-        policy = self.actor_ema if act_cfg["actor"] == "ema" else self.actor
-        candidates = policy.sample_candidates(obs, act_cfg["candidates"])  # (B, N, H, A)
-        q = self.critic_target(obs, candidates).min(dim=0).values  # (B, N)
-        if act_cfg["select"] == "argmax":
-            choice = q.argmax(dim=-1)
-        else:
-            choice = torch.multinomial(torch.softmax(q, dim=-1), 1).squeeze(-1)
-        chunk = candidates[torch.arange(len(choice), device=choice.device), choice]
-        chunk = self.normalizer.unnormalize_action(chunk.clamp(-1, 1))
+        chunk = self.normalizer.unnormalize_action(self.choose_chunk(obs).clamp(-1, 1))
         return chunk[0] if single else chunk
+
+    def choose_chunk(self, obs: torch.Tensor) -> torch.Tensor:
+        """(B, To, D) normalized observations -> (B, H, A) normalized chunks to execute."""
+        raise NotImplementedError
 
     # ------------------------------------------------------------------ checkpoint state
 
@@ -202,3 +182,64 @@ class ChunkAgent(nn.Module):
         for scheduler, scheduler_state in zip(self.schedulers, state["schedulers"], strict=True):
             scheduler.load_state_dict(scheduler_state)
         self.num_updates = int(state["num_updates"])
+
+
+class DiffusionChunkAgent(ChunkAgent):
+    """A diffusion-family actor (sample_candidates, bc_loss) with its EMA copy: backups over sampled
+    candidate chunks, the normalised Q term of Diffusion-QL and CPQL, acting by Q over candidates."""
+
+    def __init__(self, dims: Dims, cfg: dict, normalizer: Normalizer, total_steps: int):
+        super().__init__(dims, cfg, normalizer, total_steps)
+        self.actor_ema = copy.deepcopy(self.actor).requires_grad_(False)
+
+    @torch.no_grad()
+    def next_state_value(self, next_obs: torch.Tensor, batch: dict) -> torch.Tensor:
+        """The backup V(s_{t+τ}) over candidate next chunks (targets.py)."""
+        backup = self.cfg["backup"]
+        n = candidates_for(backup, self.cfg["backup_candidates"])
+        if n == 0:  # sarsa: the data's own next chunk
+            next_chunks = self.normalizer.action(batch["next_actions"])[:, None]
+        else:
+            policy = self.actor_ema if self.cfg["target_actor"] == "ema" else self.actor
+            next_chunks = policy.sample_candidates(next_obs, n)
+        target_q = self.critic_target(next_obs, next_chunks)  # (K, B, N)
+        online_q = self.critic(next_obs, next_chunks) if backup == "double" else None
+        return backup_value(backup, target_q, online_q)
+
+    def weighted_actor_loss(self, bc_loss: torch.Tensor, q_loss: torch.Tensor):
+        """bc_weight · L_bc + eta · L_q, with each term as a metric."""
+        bc_term, q_term = self.cfg["bc_weight"] * bc_loss, self.cfg["eta"] * q_loss
+        return bc_term + q_term, {
+            "actor/bc_loss": bc_loss.detach(),
+            "actor/q_loss": q_loss.detach(),
+            "actor/bc_term": bc_term.detach(),
+            "actor/q_term": q_term.detach(),
+        }
+
+    def normalized_q_loss(self, obs: torch.Tensor, chunk: torch.Tensor) -> torch.Tensor:
+        """−Q_k(s, â) / mean|Q_j(s, â)| with k drawn at random and j the next member, the normaliser detached
+        (Diffusion-QL and CPQL official code). Indexing by device tensors: no host synchronisation."""
+        q = self.critic(obs, chunk)  # (K, B)
+        k = torch.randint(q.shape[0], (1,), device=q.device)
+        other = (k + 1) % q.shape[0]
+        return -q.index_select(0, k).mean() / q.index_select(0, other).abs().mean().detach()
+
+    def update_targets(self) -> None:
+        """Polyak critic targets and the EMA actor on their schedules (counted in updates, on the host)."""
+        super().update_targets()
+        cfg, step = self.cfg, self.num_updates
+        if step >= cfg["ema_start"] and step % cfg["ema_every"] == 0:
+            lerp_parameters_(self.actor_ema, self.actor, 1.0 - cfg["ema_decay"])
+
+    def choose_chunk(self, obs: torch.Tensor) -> torch.Tensor:
+        """N candidate chunks are sampled and one is chosen by the target critics' min Q (argmax, or a
+        softmax sample as in Diffusion-QL, by config)."""
+        act_cfg = self.cfg["act"]
+        policy = self.actor_ema if act_cfg["actor"] == "ema" else self.actor
+        candidates = policy.sample_candidates(obs, act_cfg["candidates"])  # (B, N, H, A)
+        q = self.critic_target(obs, candidates).min(dim=0).values  # (B, N)
+        if act_cfg["select"] == "argmax":
+            choice = q.argmax(dim=-1)
+        else:
+            choice = torch.multinomial(torch.softmax(q, dim=-1), 1).squeeze(-1)
+        return candidates[torch.arange(len(choice), device=choice.device), choice]

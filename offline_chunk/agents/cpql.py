@@ -10,10 +10,10 @@ actor:   L = α · L_bc + η · (−Q_k(s, â) / mean|Q_j(s, â)|),  â = f_θ(�
 
 from __future__ import annotations
 
-from offline_chunk.agents.base import ChunkAgent
+from offline_chunk.agents.base import DiffusionChunkAgent
 
 
-class CPQLAgent(ChunkAgent):
+class CPQLAgent(DiffusionChunkAgent):
     name = "cpql"
 
     def actor_loss(self, obs, actions, action_mask):

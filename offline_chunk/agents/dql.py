@@ -8,10 +8,10 @@ actor:   L = L_bc + η · (−Q_k(s, â) / mean|Q_j(s, â)|),  â ~ π_θ(· | s
 
 from __future__ import annotations
 
-from offline_chunk.agents.base import ChunkAgent
+from offline_chunk.agents.base import DiffusionChunkAgent
 
 
-class DiffusionDoubleQAgent(ChunkAgent):
+class DiffusionDoubleQAgent(DiffusionChunkAgent):
     name = "dql"
 
     def actor_loss(self, obs, actions, action_mask):

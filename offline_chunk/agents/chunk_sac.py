@@ -1,0 +1,155 @@
+"""ChunkSACAgent: soft actor-critic (Haarnoja et al. 2018, "Soft Actor-Critic Algorithms and Applications":
+the v2 algorithm, with a learned temperature) over action chunks, with the chunked critic of Q-chunking
+(Li, Zhou & Levine 2025) and a behaviour-cloning regulariser for the offline setting.
+
+critic   `critic_input: chunk`: Q(s, a_1..a_H), the chunk critics of Q-chunking, with the soft chunk target
+             y = R^(τ) + (1 − d) γ^τ (min_k Q_k^targ(s′, a′) − α log π(a′ | s′)),   a′ ~ π(· | s′)
+         log π(a′ | s′) the next chunk's joint log-probability (targets.py: the backup over the ensemble).
+         `critic_input: first_action`: Q(s, a_1), the same ensemble on chunks of length 1, trained on the
+         same chunk transitions, i.e. n-step returns with n = H: y as above with Q^targ(s′, a′_1).
+actor    L = sac_weight · E[α log π(a | s) − Q̂(s, a)] + bc_weight · L_bc,  a ~ π(· | s) reparameterised,
+         Q̂ the min over the ensemble of Q(s, a_1..a_H) for `chunk`; for `first_action` by `actor_strategy`:
+             standard            Q(s, a_1)
+             conservative        min_t Q(s, a_t)
+             temporal_weighted   Σ_t w_t Q(s, a_t),  w_t ∝ temporal_decay^t,  Σ_t w_t = 1
+         L_bc = ‖tanh(μ(s)) − a_data‖², the chunk of means against the recorded chunk (padding masked).
+alpha    J(α) = −log α · (log π(a | s) + H_target), log π detached: the log α form of SAC v2's
+         temperature loss; H_target = −A · scale(H), scale = H (linear), √H (sqrt) or 1 (none).
+
+`conservative` and `temporal_weighted` score a_t for t > 1 against the current state s, although a_t is
+executed at a later state: Q(s, a_t) is not the value of a_t. This is a heuristic of this project's
+specification, not an estimator from a paper; `standard` is the first-action SAC of the literature.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from offline_chunk.agents.base import ChunkAgent, Dims
+from offline_chunk.data.normalize import Normalizer
+from offline_chunk.policies.base import per_sample_mean
+
+CRITIC_INPUTS = ("chunk", "first_action")
+ACTOR_STRATEGIES = ("standard", "conservative", "temporal_weighted")
+ENTROPY_SCALINGS = {"linear": lambda horizon: float(horizon), "sqrt": math.sqrt, "none": lambda horizon: 1.0}
+ACT_SELECTIONS = ("mean", "sample")
+
+
+def check_option(key: str, value: str, options) -> None:
+    if value not in options:
+        raise ValueError(f"chunk_sac: {key} must be one of {tuple(options)}, got {value!r}")
+
+
+def target_entropy(action_dim: int, horizon: int, scaling: str) -> float:
+    """H_target = −A · scale(H): SAC's −dim(action) heuristic, for a chunk of H actions."""
+    return -action_dim * ENTROPY_SCALINGS[scaling](horizon)
+
+
+def score_steps(q_steps: torch.Tensor, strategy: str, decay: float) -> torch.Tensor:
+    """(B, H) values Q(s, a_t) of each chunk step (B, 1 for `standard`) -> (B,) the actor's objective."""
+    if strategy == "standard":
+        return q_steps[:, 0]
+    if strategy == "conservative":
+        return q_steps.min(dim=-1).values
+    weights = decay ** torch.arange(q_steps.shape[-1], device=q_steps.device, dtype=q_steps.dtype)
+    return q_steps @ (weights / weights.sum())
+
+
+class ChunkSACAgent(ChunkAgent):
+    name = "chunk_sac"
+    backups = ("min", "mean")  # one sampled next chunk per state
+
+    def __init__(self, dims: Dims, cfg: dict, normalizer: Normalizer, total_steps: int):
+        check_option("critic_input", cfg["critic_input"], CRITIC_INPUTS)
+        check_option("actor_strategy", cfg["actor_strategy"], ACTOR_STRATEGIES)
+        check_option("entropy_scaling", cfg["entropy_scaling"], ENTROPY_SCALINGS)
+        check_option("act.select", cfg["act"]["select"], ACT_SELECTIONS)
+        super().__init__(dims, cfg, normalizer, total_steps)
+        self.log_alpha = nn.Parameter(torch.tensor(math.log(cfg["init_alpha"])))
+        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=cfg["alpha_lr"])
+        self.target_entropy = target_entropy(dims.action_dim, dims.horizon, cfg["entropy_scaling"])
+
+    def alpha(self) -> torch.Tensor:
+        """α = exp(log α), detached: the critic and actor losses do not move the temperature."""
+        return self.log_alpha.detach().exp()
+
+    def critic_view(self, chunk: torch.Tensor) -> torch.Tensor:
+        return chunk[..., :1, :] if self.cfg["critic_input"] == "first_action" else chunk
+
+    # ------------------------------------------------------------------ critic
+
+    @torch.no_grad()
+    def next_state_value(self, next_obs: torch.Tensor, batch: dict) -> torch.Tensor:
+        """Soft value V(s′) = backup_k Q_k^targ(s′, a′) − α log π(a′ | s′), a′ ~ π(· | s′)."""
+        next_chunk, log_prob, _ = self.actor(next_obs)
+        return self.policy_chunk_value(next_obs, next_chunk) - self.alpha() * log_prob
+
+    def update_critic(self, obs, actions, next_obs, batch) -> dict[str, torch.Tensor]:
+        metrics = super().update_critic(obs, actions, next_obs, batch)
+        return {
+            **metrics,
+            "q_chunking/n_step_returns": batch["cumulative_reward"].mean(),
+            "q_chunking/chunk_size": torch.full((), float(self.dims.horizon), device=obs.device),
+        }
+
+    # ------------------------------------------------------------------ actor and temperature
+
+    def policy_value(self, obs: torch.Tensor, chunk: torch.Tensor) -> torch.Tensor:
+        """Q̂(s, a) (B,) that the actor maximises: min over the ensemble, then the chunk or step strategy."""
+        if self.cfg["critic_input"] == "chunk":
+            return self.critic(obs, chunk).min(dim=0).values
+        strategy = self.cfg["actor_strategy"]
+        steps = chunk[:, :1] if strategy == "standard" else chunk
+        # Each action a_t as a length-1 candidate chunk at s: (B, H, 1, A), all steps in one critic call.
+        q_steps = self.critic(obs, steps[:, :, None, :]).min(dim=0).values  # (B, H)
+        return score_steps(q_steps, strategy, self.cfg["temporal_decay"])
+
+    def actor_loss(self, obs, actions, action_mask):
+        chunk, log_prob, mean_chunk = self.actor(obs)
+        q = self.policy_value(obs, chunk)
+        sac_loss = (self.alpha() * log_prob - q).mean()
+        bc_loss = per_sample_mean((mean_chunk - actions).pow(2), action_mask).mean()
+        sac_term, bc_term = self.cfg["sac_weight"] * sac_loss, self.cfg["bc_weight"] * bc_loss
+        return sac_term + bc_term, {
+            "actor/sac_loss": sac_loss.detach(),
+            "actor/bc_loss": bc_loss.detach(),
+            "actor/sac_term": sac_term.detach(),
+            "actor/bc_term": bc_term.detach(),
+            "actor/q": q.detach().mean(),
+            "q_chunking/joint_log_prob": log_prob.detach().mean(),
+        }
+
+    def update_actor(self, obs, actions, action_mask) -> dict[str, torch.Tensor]:
+        metrics = super().update_actor(obs, actions, action_mask)
+        return {**metrics, **self.update_temperature(metrics["q_chunking/joint_log_prob"])}
+
+    def update_temperature(self, log_prob: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One step on J(α) = −log α · (log π + H_target) with the batch's mean joint log-probability
+        (detached): α falls while the entropy −log π is above H_target and rises while below."""
+        alpha = self.alpha()
+        loss = -self.log_alpha * (log_prob.detach() + self.target_entropy)
+        self.alpha_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.alpha_opt.step()
+        return {
+            "alpha": alpha,
+            "alpha/loss": loss.detach(),
+            "q_chunking/adjusted_entropy": torch.full((), self.target_entropy, device=alpha.device),
+        }
+
+    # ------------------------------------------------------------------ acting and checkpoint state
+
+    def choose_chunk(self, obs: torch.Tensor) -> torch.Tensor:
+        """The chunk of means tanh(μ) (`act.select: mean`) or one reparameterised sample (`sample`)."""
+        chunk, _, mean_chunk = self.actor(obs)
+        return mean_chunk if self.cfg["act"]["select"] == "mean" else chunk
+
+    def training_state(self) -> dict:
+        return {**super().training_state(), "alpha_opt": self.alpha_opt.state_dict()}
+
+    def load_training_state(self, state: dict) -> None:
+        super().load_training_state(state)
+        self.alpha_opt.load_state_dict(state["alpha_opt"])

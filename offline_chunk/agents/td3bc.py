@@ -1,0 +1,84 @@
+"""TD3BCAgent: TD3+BC (Fujimoto & Gu, "A Minimalist Approach to Offline Reinforcement Learning", NeurIPS
+2021) on action chunks; with H = 1 it is the published algorithm.
+
+critic   Σ_k mean (Q_k(s, a) − y)²,  y = R^(τ) + (1 − d) γ^τ min_k Q_k^targ(s′, ã′)   (targets.py)
+         ã′ = clip(π′(s′) + clip(ε, −c, c), −1, 1),  ε ~ N(0, σ² I)   target policy smoothing (TD3)
+actor    every `policy_delay` updates:  L = −λ Q_1(s, π(s)) + ‖π(s) − a_data‖²  (padding masked),
+         λ = α / mean|Q_1(s, π(s))| (detached)
+targets  Polyak τ for the critics and the target actor π′, right after each actor update (TD3)
+
+The actor is the ACT-style transformer of ChunkSACAgent with a deterministic tanh head rather than the
+paper's MLP: it reads the observation history and emits one token per chunk step, and with one
+architecture for both agents a comparison between them isolates the objective.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from offline_chunk.agents.base import ChunkAgent, Dims
+from offline_chunk.agents.targets import lerp_parameters_
+from offline_chunk.data.normalize import Normalizer
+from offline_chunk.policies.base import per_sample_mean
+
+
+class TD3BCAgent(ChunkAgent):
+    name = "td3bc"
+    backups = ("min", "mean")  # one smoothed next chunk per state
+
+    def __init__(self, dims: Dims, cfg: dict, normalizer: Normalizer, total_steps: int):
+        super().__init__(dims, cfg, normalizer, total_steps)
+        self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
+        self.actor_metrics: dict[str, torch.Tensor] = {}  # of the latest (delayed) actor update
+
+    @torch.no_grad()
+    def next_state_value(self, next_obs: torch.Tensor, batch: dict) -> torch.Tensor:
+        """min_k Q_k^targ(s′, ã′) with the target actor's next chunk smoothed by clipped noise."""
+        next_chunk = self.actor_target(next_obs)
+        clip = self.cfg["noise_clip"]
+        noise = (torch.randn_like(next_chunk) * self.cfg["policy_noise"]).clamp(-clip, clip)
+        return self.policy_chunk_value(next_obs, (next_chunk + noise).clamp(-1.0, 1.0))
+
+    def delayed_update(self, update_index: int) -> bool:
+        """TD3's delayed policy updates: the actor and the targets move on updates 0, d, 2d, ... (a host
+        counter, no device sync)."""
+        return update_index % self.cfg["policy_delay"] == 0
+
+    def update_actor(self, obs, actions, action_mask) -> dict[str, torch.Tensor]:
+        """Between delayed updates, the latest actor update's metrics: every update returns the same keys,
+        which the training loop averages."""
+        if self.delayed_update(self.num_updates):
+            self.actor_metrics = super().update_actor(obs, actions, action_mask)
+        return self.actor_metrics
+
+    def actor_loss(self, obs, actions, action_mask):
+        chunk = self.actor(obs)
+        q = self.critic(obs, chunk)[0]  # Q_1, as the paper's code
+        lam = self.cfg["alpha"] / q.abs().mean().detach()
+        q_loss = -q.mean()
+        bc_loss = per_sample_mean((chunk - actions).pow(2), action_mask).mean()
+        return lam * q_loss + bc_loss, {
+            "actor/q_loss": q_loss.detach(),
+            "actor/bc_loss": bc_loss.detach(),
+            "actor/lambda": lam,
+        }
+
+    def update_targets(self) -> None:
+        """Polyak critic and actor targets after each actor update (update num_updates − 1 just ran)."""
+        if self.delayed_update(self.num_updates - 1):
+            lerp_parameters_(self.critic_target, self.critic, self.cfg["tau"])
+            lerp_parameters_(self.actor_target, self.actor, self.cfg["tau"])
+
+    def choose_chunk(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.actor(obs)
+
+    def training_state(self) -> dict:
+        """The latest actor metrics too: a run resumed between delayed updates returns them until the next."""
+        return {**super().training_state(), "actor_metrics": self.actor_metrics}
+
+    def load_training_state(self, state: dict) -> None:
+        super().load_training_state(state)
+        device = next(self.critic.parameters()).device
+        self.actor_metrics = {key: value.to(device) for key, value in state["actor_metrics"].items()}

@@ -1,0 +1,303 @@
+"""ChunkSACAgent and TD3BCAgent: the tanh-Gaussian joint log-probability, the temperature, the actor's
+critic strategies on a stub critic, the one-step TD3 target, TD3's delays, short training runs,
+checkpoints and exact resume."""
+
+import numpy as np
+import pytest
+import torch
+from test_agents import TINY_NETS, chain_store, tiny_config
+from torch import nn
+from torch.distributions import Normal, TanhTransform, TransformedDistribution
+
+from offline_chunk import load_agent
+from offline_chunk.agents import Dims, make_agent
+from offline_chunk.agents.targets import chunk_target
+from offline_chunk.checkpoint import read_checkpoint
+from offline_chunk.config import load_config
+from offline_chunk.data.normalize import Normalizer
+from offline_chunk.policies.act import TanhGaussianChunkPolicy, tanh_gaussian_log_prob
+from offline_chunk.train import build_run, train
+
+TINY_ACTOR = [
+    "agent.policy.num_heads=2",
+    "agent.policy.feedforward_dim=32",
+    "agent.policy.encoder_layers=1",
+    "agent.policy.decoder_layers=1",
+]
+
+
+def tiny_agent(name: str, dims: Dims, *extra: str):
+    """An agent built directly (no store): normalizer identity, tiny networks."""
+    cfg = load_config(name, "default", [*TINY_NETS, *TINY_ACTOR, *extra])
+    return make_agent(name, dims, cfg["agent"], Normalizer(dims.obs_dim, dims.action_dim), total_steps=10)
+
+
+# --------------------------------------------------------------------------- the tanh-Gaussian actor
+
+
+def test_joint_log_prob_is_the_sum_of_torch_distributions_step_log_probs():
+    torch.manual_seed(0)
+    batch, horizon, action_dim = 4, 3, 2
+    mean = torch.randn(batch, horizon, action_dim, dtype=torch.float64)
+    log_std = torch.empty_like(mean).uniform_(-2.0, 1.0)
+    pre_tanh = mean + log_std.exp() * torch.randn_like(mean)
+    step = TransformedDistribution(Normal(mean, log_std.exp()), TanhTransform())
+    expected = step.log_prob(torch.tanh(pre_tanh)).sum(dim=(-2, -1))  # independent steps and dimensions
+    joint = tanh_gaussian_log_prob(pre_tanh, mean, log_std).sum(dim=-1)
+    torch.testing.assert_close(joint, expected, rtol=1e-9, atol=1e-9)
+
+
+def test_joint_log_prob_stays_finite_for_saturated_actions():
+    pre_tanh = torch.tensor([[[20.0, -20.0]]])  # tanh rounds to ±1: log(1 − a²) would be −inf
+    mean, log_std = torch.zeros_like(pre_tanh), torch.zeros_like(pre_tanh)
+    log_prob = tanh_gaussian_log_prob(pre_tanh, mean, log_std)
+    assert torch.isfinite(log_prob).all()
+    # log N(±20; 0, 1) − log(1 − tanh²(±20)), with log(1 − tanh² x) = log 4 − 2|x| − 2 log(1 + e^{−2|x|}).
+    gaussian = -0.5 * 400.0 - 0.5 * np.log(2 * np.pi)
+    expected = 2 * (gaussian - (np.log(4.0) - 40.0))
+    assert log_prob.item() == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("decoding", ["parallel", "autoregressive"])
+def test_gaussian_policy_shapes_and_first_action(decoding):
+    torch.manual_seed(0)
+    policy = TanhGaussianChunkPolicy(
+        3, 2, 2, 4, feature_dim=16, num_heads=2, feedforward_dim=32, decoding=decoding
+    )
+    obs = torch.randn(5, 2, 3)
+    chunk, log_prob, mean_chunk = policy(obs)
+    assert chunk.shape == mean_chunk.shape == (5, 4, 2) and log_prob.shape == (5,)
+    assert (chunk.abs() < 1).all() and torch.isfinite(log_prob).all()
+    torch.manual_seed(1)
+    first, first_log_prob, first_mean = policy(obs, return_sequence=False)
+    torch.manual_seed(1)
+    again, _, again_mean = policy(obs)
+    assert first.shape == first_mean.shape == (5, 2) and first_log_prob.shape == (5,)
+    torch.testing.assert_close(first, again[:, 0])
+    torch.testing.assert_close(first_mean, again_mean[:, 0])
+
+
+def test_autoregressive_decoding_is_causal():
+    """Step t sees the queries and outputs of steps <= t only: changing the last query leaves the rest."""
+    torch.manual_seed(0)
+    policy = TanhGaussianChunkPolicy(
+        3, 1, 2, 4, feature_dim=16, num_heads=2, feedforward_dim=32, decoding="autoregressive"
+    )
+    obs = torch.randn(5, 1, 3)
+    _, _, before = policy(obs)
+    with torch.no_grad():
+        policy.transformer.queries[-1].add_(torch.randn(16))  # not a constant: LayerNorm removes those
+    _, _, after = policy(obs)
+    torch.testing.assert_close(after[:, :-1], before[:, :-1])
+    assert not torch.allclose(after[:, -1], before[:, -1])
+
+
+# --------------------------------------------------------------------------- temperature
+
+
+@pytest.mark.parametrize("entropy_above_target", [True, False])
+def test_temperature_moves_toward_the_target_entropy(entropy_above_target):
+    torch.manual_seed(0)
+    agent = tiny_agent("chunk_sac", Dims(3, 1, 2, 2))
+    obs, actions = torch.randn(32, 1, 3), torch.rand(32, 2, 2) * 2 - 1
+    mask = torch.ones(32, 2, dtype=torch.bool)
+    entropy = -agent.actor(obs)[1].mean().item()
+    agent.target_entropy = entropy - 20.0 if entropy_above_target else entropy + 20.0
+    alpha_before = agent.alpha().item()
+    for _ in range(5):
+        agent.update_actor(obs, actions, mask)
+    assert (agent.alpha().item() < alpha_before) == entropy_above_target
+    assert agent.alpha().item() != alpha_before
+
+
+# --------------------------------------------------------------------------- critic strategies
+
+
+class StubCritic(nn.Module):
+    """Q_1 = Σ a, Q_2 = 2 Σ a over the (..., L, A) chunk it is given; records each call's chunk shape."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def forward(self, obs, chunk):
+        self.calls.append(tuple(chunk.shape))
+        total = chunk.sum(dim=(-2, -1))
+        return torch.stack([total, 2 * total])
+
+
+HAND_CHUNK = torch.tensor([[[0.5, 0.1], [-0.2, -0.3], [0.4, 0.4]]])  # step sums 0.6, −0.5, 0.8
+
+
+@pytest.mark.parametrize(
+    "critic_input, strategy, expected, critic_shape",
+    [
+        # min(Σ, 2Σ) over the whole chunk: Σ = 0.9
+        ("chunk", "standard", 0.9, (1, 3, 2)),
+        # per step min(Σ_t, 2Σ_t) = [0.6, −1.0, 0.8]
+        ("first_action", "standard", 0.6, (1, 1, 1, 2)),
+        ("first_action", "conservative", -1.0, (1, 3, 1, 2)),
+        # weights ∝ 0.5^t = [1, 0.5, 0.25] / 1.75
+        ("first_action", "temporal_weighted", (0.6 - 0.5 + 0.2) / 1.75, (1, 3, 1, 2)),
+    ],
+)
+def test_actor_value_of_each_critic_strategy(critic_input, strategy, expected, critic_shape):
+    agent = tiny_agent(
+        "chunk_sac",
+        Dims(3, 1, 2, 3),
+        f"agent.critic_input={critic_input}",
+        f"agent.actor_strategy={strategy}",
+        "agent.temporal_decay=0.5",
+    )
+    agent.critic = StubCritic()
+    value = agent.policy_value(torch.zeros(1, 1, 3), HAND_CHUNK)
+    assert value.item() == pytest.approx(expected, abs=1e-6)
+    assert agent.critic.calls == [critic_shape]  # all steps in one batched call
+
+
+# --------------------------------------------------------------------------- TD3+BC
+
+
+class StubTargetActor(nn.Module):
+    def forward(self, obs):
+        return 1.5 * torch.tanh(obs[:, -1:, :2])  # (B, H = 1, A = 2), beyond ±1 for large observations
+
+
+class StubTargetCritic(nn.Module):
+    """Q_1 = s·u + a·w_1, Q_2 = s·u + a·w_2 on (B, N, 1, A) chunks -> (2, B, N)."""
+
+    def forward(self, obs, chunk):
+        state_part = (obs[:, -1] @ torch.tensor([1.0, -1.0, 0.5]))[:, None]
+        return torch.stack(
+            [
+                state_part + chunk[..., 0, :] @ torch.tensor([2.0, 1.0]),
+                state_part + chunk[..., 0, :] @ torch.tensor([-1.0, 3.0]),
+            ]
+        )
+
+
+def test_td3_target_with_horizon_one_is_the_one_step_td3_target():
+    agent = tiny_agent("td3bc", Dims(3, 1, 2, 1), "agent.policy_noise=0.4", "agent.noise_clip=0.3")
+    agent.actor_target, agent.critic_target = StubTargetActor(), StubTargetCritic()
+    gamma = 0.9
+    batch = {
+        "cumulative_reward": torch.tensor([1.0, -0.5, 0.25, 2.0]),
+        "chunk_done": torch.tensor([0.0, 1.0, 0.0, 0.0]),
+        "discount_factor": torch.full((4,), gamma),  # γ^τ with τ = 1
+    }
+    next_obs = torch.tensor([[[0.1, -0.2, 0.3]], [[2.0, 1.0, -1.0]], [[-3.0, 0.5, 0.0]], [[0.0, -4.0, 2.0]]])
+    torch.manual_seed(7)
+    target = chunk_target(batch, agent.next_state_value(next_obs, batch))
+
+    # r + γ (1 − d) min_k Q_k^targ(s′, clip(π′(s′) + clip(ε, −c, c), −1, 1)), ε ~ N(0, 0.4²), c = 0.3
+    epsilon = 0.4 * torch.randn(4, 1, 2, generator=torch.Generator().manual_seed(7))
+    pi = 1.5 * torch.tanh(next_obs[:, 0, :2])
+    a = (pi + epsilon[:, 0].clamp(-0.3, 0.3)).clamp(-1.0, 1.0)
+    s_u = next_obs[:, 0, 0] - next_obs[:, 0, 1] + 0.5 * next_obs[:, 0, 2]
+    q1 = s_u + 2.0 * a[:, 0] + 1.0 * a[:, 1]
+    q2 = s_u - 1.0 * a[:, 0] + 3.0 * a[:, 1]
+    expected = batch["cumulative_reward"] + gamma * (1 - batch["chunk_done"]) * torch.minimum(q1, q2)
+    torch.testing.assert_close(target, expected)
+
+
+def test_td3bc_delays_actor_and_target_updates():
+    torch.manual_seed(0)
+    agent = tiny_agent("td3bc", Dims(3, 1, 2, 2))
+    batch = {
+        "observations": torch.randn(16, 1, 3),
+        "next_observations": torch.randn(16, 1, 3),
+        "actions": torch.rand(16, 2, 2) * 2 - 1,
+        "action_mask": torch.ones(16, 2, dtype=torch.bool),
+        "cumulative_reward": torch.randn(16),
+        "chunk_done": torch.zeros(16),
+        "discount_factor": torch.full((16,), 0.81),
+    }
+
+    def snapshot():
+        return [
+            nn.utils.parameters_to_vector(m.parameters()).clone()
+            for m in (agent.actor, agent.actor_target, agent.critic_target)
+        ]
+
+    keys = None
+    for index in range(4):
+        before = snapshot()
+        metrics = agent.update(batch)
+        keys = keys or metrics.keys()
+        assert metrics.keys() == keys  # the same metrics every update
+        moved = [not torch.equal(b, a) for b, a in zip(before, snapshot(), strict=True)]
+        assert moved == [index % 2 == 0] * 3, index  # policy_delay = 2: updates 0, 2
+
+
+# --------------------------------------------------------------------------- training, checkpoints, resume
+
+AGENT_VARIANTS = {
+    "chunk_sac": ("chunk_sac", []),
+    "chunk_sac-first_action": (
+        "chunk_sac",
+        [
+            "agent.critic_input=first_action",
+            "agent.actor_strategy=conservative",
+            "agent.policy.decoding=autoregressive",
+        ],
+    ),
+    "td3bc": ("td3bc", []),
+}
+
+
+@pytest.mark.parametrize("variant", list(AGENT_VARIANTS))
+def test_agent_trains_with_finite_losses(tmp_path, variant):
+    torch.manual_seed(0)
+    name, extra = AGENT_VARIANTS[variant]
+    store = chain_store(tmp_path / "chain.zarr")
+    run = build_run(tiny_config(name, store, tmp_path / "run", "steps=150", *TINY_ACTOR, *extra))
+    losses = []
+    for _ in range(150):
+        metrics = run.agent.update(run.sampler.sample())
+        assert all(torch.isfinite(v) for v in metrics.values())
+        losses.append(metrics["critic/loss"].item())
+    assert np.mean(losses[-30:]) < np.mean(losses[:30])
+    if name == "chunk_sac":
+        assert metrics["q_chunking/chunk_size"].item() == 2
+        assert metrics["q_chunking/adjusted_entropy"].item() == -4.0  # −A · H (linear scaling)
+
+
+@pytest.mark.parametrize(
+    "name, select", [("chunk_sac", "mean"), ("chunk_sac", "sample"), ("td3bc", "deterministic")]
+)
+def test_checkpoint_loads_and_acts_within_bounds(tmp_path, name, select):
+    store = chain_store(tmp_path / "chain.zarr")
+    final = train(
+        tiny_config(name, store, tmp_path / "run", "steps=20", f"agent.act.select={select}", *TINY_ACTOR)
+    )
+    agent = load_agent(final)
+    assert type(agent).name == name
+    chunk = agent.act(torch.zeros(1, 8))
+    assert chunk.shape == (2, 2) and (chunk.abs() <= 1.0).all()  # declared action bounds [-1, 1]
+    assert agent.act(torch.zeros(3, 1, 8)).shape == (3, 2, 2)
+    obs, chunks = torch.zeros(3, 1, 8), torch.zeros(3, 2, 2)
+    assert agent.q_value(obs, chunks).shape == (3,)
+    assert agent.q_value(obs, chunks, reduce="none").shape == (2, 3)
+
+
+@pytest.mark.parametrize("name", ["chunk_sac", "td3bc"])
+def test_resume_is_bit_identical(tmp_path, name):
+    """Resumed at update 25, between TD3's delayed updates; SAC's temperature optimizer travels too."""
+    store = chain_store(tmp_path / "chain.zarr")
+    steps = ["steps=40", "checkpoint_every=25", *TINY_ACTOR]
+    straight = train(tiny_config(name, store, tmp_path / "a", *steps))
+    payload = read_checkpoint(tmp_path / "a" / "checkpoints" / "step_00000025.pt")
+    resumed = train({**payload["config"], "run_dir": str(tmp_path / "b")}, payload)
+    a, b = read_checkpoint(straight)["weights"], read_checkpoint(resumed)["weights"]
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.parametrize("name", ["chunk_sac", "td3bc"])
+def test_presets_build_the_agents(name):
+    """The presets' U-Net sizes (policy.down_dims) reach the transformer actor, which ignores them."""
+    for preset in ("default", "gpu"):
+        cfg = load_config(name, preset)
+        agent = make_agent(name, Dims(4, 1, 2, 5), cfg["agent"], Normalizer(4, 2), cfg["steps"])
+        assert agent.actor.head.in_features == cfg["agent"]["policy"]["feature_dim"]
