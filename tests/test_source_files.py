@@ -1,7 +1,6 @@
 """Source converters: a small file in each source's real schema goes through `convert`, and the store read
 back holds the arrays computed here from hand-placed episodes and flags."""
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -9,6 +8,7 @@ import h5py
 import numpy as np
 import pytest
 import zarr
+from test_store import tree_digest
 
 from offline_chunk.data.sources import convert
 from offline_chunk.data.store import open_store
@@ -18,14 +18,6 @@ from offline_chunk.errors import DataError
 def ramp(rows: int, width: int, start: float = 0.0) -> np.ndarray:
     """(rows, width) float32 with a distinct value per cell: 10 * row + column + start."""
     return (10 * np.arange(rows)[:, None] + np.arange(width) + start).astype(np.float32)
-
-
-def tree_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(str(file.relative_to(path)).encode())
-        digest.update(file.read_bytes())
-    return digest.hexdigest()
 
 
 def rows_flagged(rows: int, flagged: list[int]) -> np.ndarray:
