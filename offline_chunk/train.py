@@ -138,17 +138,18 @@ def log_interval(run: Run, writer: SummaryWriter, log: MetricLog, bar: tqdm, upd
     )
 
 
-def evaluate_in_training(run: Run, writer: SummaryWriter, train_seconds: float) -> None:
-    """Roll the current policy out (`eval_episodes` episodes from a checkpoint of this step), log it to
-    TensorBoard and append it to <run>/evaluations.csv (what `make benchmark` reads)."""
+def evaluate_in_training(run: Run, writer: SummaryWriter, checkpoint: Path, train_seconds: float) -> None:
+    """Roll the policy of this step's checkpoint out for `eval_episodes` episodes, log it to TensorBoard
+    and append it to <run>/evaluations.csv (what `make benchmark` reads)."""
     from offline_chunk.evaluate import evaluate  # simulators are imported only when a run evaluates
 
     cfg = run.cfg
     report = evaluate(
-        run.checkpoint(),
+        checkpoint,
         episodes=cfg["eval_episodes"],
         workers=cfg["eval_workers"],
         seed=cfg["seed"],
+        max_steps=cfg["eval_max_steps"],
         progress=False,
     )
     low, high = report["success_ci95"]
@@ -186,10 +187,10 @@ def train_loop(run: Run) -> Path:
                 log_interval(run, writer, log, bar, (run.step - tick_step) / (now - tick))
                 train_seconds += now - tick
                 tick, tick_step = now, run.step
-            if run.step % cfg["checkpoint_every"] == 0:
-                run.checkpoint()
+            saved = run.checkpoint() if run.step % cfg["checkpoint_every"] == 0 else None
             if cfg["eval_every"] and run.step % cfg["eval_every"] == 0:
-                evaluate_in_training(run, writer, train_seconds + time.perf_counter() - tick)
+                checkpoint = saved or run.checkpoint()
+                evaluate_in_training(run, writer, checkpoint, train_seconds + time.perf_counter() - tick)
                 tick, tick_step = time.perf_counter(), run.step
     except KeyboardInterrupt:
         path = run.checkpoint(f"interrupted_step_{run.step:08d}.pt")

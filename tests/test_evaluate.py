@@ -271,3 +271,46 @@ def test_bad_settings_and_stores_are_refused(untrained_checkpoint, tmp_path, cap
         env_id_from_store(store_with({}, "plain.zarr"))
     with pytest.raises(DataError, match="'no-such-env-v0' is not a registered"):
         env_id_from_store(store_with({"env_id": "no-such-env-v0"}, "unknown.zarr"))
+
+
+def test_periodic_evaluation_during_training(tmp_path):
+    """eval_every=K evaluates from that step's checkpoint and appends to <run>/evaluations.csv."""
+    from offline_chunk.config import load_config
+    from offline_chunk.data.sources import convert
+    from offline_chunk.train import train
+
+    store = convert(
+        "ogbench:scene-play-singletask-task2-v0?episodes=1&steps=20&workers=1",
+        out=tmp_path / "s.zarr",
+        progress=False,
+    )
+    run_dir = tmp_path / "run"
+    overrides = [
+        f"dataset={store}",
+        f"run_dir={run_dir}",
+        "steps=4",
+        "batch_size=8",
+        "log_every=2",
+        "checkpoint_every=4",
+        "eval_every=2",
+        "eval_episodes=2",
+        "eval_workers=1",
+        "eval_max_steps=10",
+    ]
+    train(load_config("cpql", "default", overrides + TINY_NETS))
+    with open(run_dir / "evaluations.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(row["step"]) for row in rows] == [2, 4]
+    for row in rows:
+        assert float(row["success_rate"]) in (0.0, 0.5, 1.0)  # two episodes
+        assert float(row["success_ci95_low"]) <= float(row["success_rate"]) <= float(row["success_ci95_high"])
+        assert float(row["return_mean"]) <= 0.0  # OGBench single-task rewards are never positive
+    checkpoints = run_dir / "checkpoints"
+    assert sorted(p.name for p in checkpoints.glob("*.pt")) == [
+        "final.pt",
+        "step_00000002.pt",
+        "step_00000004.pt",
+    ]
+    assert (
+        checkpoints / "step_00000002_eval.json"
+    ).is_file()  # each evaluation's report beside its checkpoint
