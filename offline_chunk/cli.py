@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -166,8 +167,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_library_warnings() -> None:
+    """OGBench declares float64 space bounds, and mujoco's GLFW import warns when there is no display:
+    neither concerns a user (the simulators render through EGL/OSMesa when asked)."""
+    warnings.filterwarnings("ignore", message=".*precision lowered by casting to float32")
+    warnings.filterwarnings("ignore", module="glfw")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_library_warnings()
     try:
         args.handler(args)
     except (DataError, ConfigError, CheckpointError, DivergenceError, FileNotFoundError, ImportError) as exc:

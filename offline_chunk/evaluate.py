@@ -72,11 +72,14 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
         (p + z²/2n ± z √(p(1 - p)/n + z²/4n²)) / (1 + z²/n),   p = successes / n.
 
     It stays inside [0, 1] and is not empty at p = 0 or 1, where the normal interval collapses."""
-    p = successes / n
-    center = p + z**2 / (2 * n)
-    half_width = z * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2))
-    scale = 1 + z**2 / n
-    return float((center - half_width) / scale), float((center + half_width) / scale)
+    p, q = successes / n, 1 - successes / n
+    half_width = z * np.sqrt(p * q / n + z**2 / (4 * n**2))
+    # Since (p + z²/2n)² - half_width² = p² (1 + z²/n), the lower bound is p² / (p + z²/2n + half_width),
+    # and the upper bound 1 - q² / (q + z²/2n + half_width) by symmetry: the same values without the
+    # cancellation of the textbook form, so they are exactly 0 and 1 at p = 0 and p = 1.
+    low = p**2 / (p + z**2 / (2 * n) + half_width)
+    high = 1 - q**2 / (q + z**2 / (2 * n) + half_width)
+    return float(low), float(high)
 
 
 def mean_interval(values: np.ndarray, z: float = Z95) -> tuple[float | None, float | None]:
