@@ -25,11 +25,14 @@ def _read_yaml(path: Path) -> dict:
     return yaml.safe_load(path.read_text()) or {}
 
 
-def _merge(base: dict, update: dict) -> dict:
+def _merge(base: dict, update: dict, existing_only: bool = False) -> dict:
+    """`base` updated recursively by `update`; with existing_only, keys that `base` lacks are skipped."""
     merged = copy.deepcopy(base)
     for key, value in update.items():
+        if existing_only and key not in merged:
+            continue
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
+            merged[key] = _merge(merged[key], value, existing_only)
         else:
             merged[key] = copy.deepcopy(value)
     return merged
@@ -73,8 +76,13 @@ def load_config(agent: str, preset: str = "default", overrides: list[str] | tupl
     train = _read_preset("default", agent)
     if preset != "default":
         train = _merge(train, _read_preset(preset, agent))
-    # A preset's `agent:` section (e.g. the gpu preset's network sizes) overrides the agent's file.
-    cfg = _merge({"agent": _read_yaml(CONFIG_DIR / "agent" / f"{agent}.yaml")}, train)
+    # A preset's `agent:` section (network sizes) sets the values that the agent's file defines; a size an
+    # agent does not have (a U-Net's down_dims for a transformer actor) does not apply to it.
+    sizes = train.pop("agent", {})
+    cfg = {
+        "agent": _merge(_read_yaml(CONFIG_DIR / "agent" / f"{agent}.yaml"), sizes, existing_only=True),
+        **train,
+    }
     cfg["preset"] = preset
     for assignment in overrides:
         apply_override(cfg, assignment)

@@ -14,14 +14,28 @@ from offline_chunk.data.store import StepData, write_store
 from offline_chunk.errors import CheckpointError, ConfigError
 from offline_chunk.train import build_run, train
 
-TINY_NETS = [
+TINY_CRITIC_AND_WIDTH = [
     "agent.policy.feature_dim=16",
-    "agent.policy.down_dims=[8, 16]",
     "agent.critic.feature_dim=16",
     "agent.critic.down_dims=[8, 16]",
     "agent.critic.head_hidden=32",
-    "agent.act.candidates=4",
 ]
+TINY_UNET_ACTOR = ["agent.policy.down_dims=[8, 16]", "agent.act.candidates=4"]  # dql, cpql
+TINY_TRANSFORMER_ACTOR = [  # chunk_sac, td3bc
+    "agent.policy.num_heads=2",
+    "agent.policy.feedforward_dim=32",
+    "agent.policy.encoder_layers=1",
+    "agent.policy.decoder_layers=1",
+]
+
+
+def tiny_nets(agent: str) -> list[str]:
+    """Overrides that shrink an agent's networks to test size (each actor family has its own knobs)."""
+    transformer = agent in ("chunk_sac", "td3bc")
+    return TINY_CRITIC_AND_WIDTH + (TINY_TRANSFORMER_ACTOR if transformer else TINY_UNET_ACTOR)
+
+
+TINY_NETS = tiny_nets("cpql")
 
 # --------------------------------------------------------------------------- targets by hand
 
@@ -114,7 +128,7 @@ def tiny_config(agent, store, run_dir, *extra):
         "gamma=0.9",
         "log_every=10",
         "checkpoint_every=1000",
-        *TINY_NETS,
+        *tiny_nets(agent),
         *extra,
     ]
     return load_config(agent, "default", overrides)

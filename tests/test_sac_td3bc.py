@@ -5,7 +5,7 @@ checkpoints and exact resume."""
 import numpy as np
 import pytest
 import torch
-from test_agents import TINY_NETS, chain_store, tiny_config
+from test_agents import chain_store, tiny_config, tiny_nets
 from torch import nn
 from torch.distributions import Normal, TanhTransform, TransformedDistribution
 
@@ -18,17 +18,10 @@ from offline_chunk.data.normalize import Normalizer
 from offline_chunk.policies.act import TanhGaussianChunkPolicy, tanh_gaussian_log_prob
 from offline_chunk.train import build_run, train
 
-TINY_ACTOR = [
-    "agent.policy.num_heads=2",
-    "agent.policy.feedforward_dim=32",
-    "agent.policy.encoder_layers=1",
-    "agent.policy.decoder_layers=1",
-]
-
 
 def tiny_agent(name: str, dims: Dims, *extra: str):
     """An agent built directly (no store): normalizer identity, tiny networks."""
-    cfg = load_config(name, "default", [*TINY_NETS, *TINY_ACTOR, *extra])
+    cfg = load_config(name, "default", [*tiny_nets(name), *extra])
     return make_agent(name, dims, cfg["agent"], Normalizer(dims.obs_dim, dims.action_dim), total_steps=10)
 
 
@@ -250,7 +243,7 @@ def test_agent_trains_with_finite_losses(tmp_path, variant):
     torch.manual_seed(0)
     name, extra = AGENT_VARIANTS[variant]
     store = chain_store(tmp_path / "chain.zarr")
-    run = build_run(tiny_config(name, store, tmp_path / "run", "steps=150", *TINY_ACTOR, *extra))
+    run = build_run(tiny_config(name, store, tmp_path / "run", "steps=150", *extra))
     losses = []
     for _ in range(150):
         metrics = run.agent.update(run.sampler.sample())
@@ -267,9 +260,7 @@ def test_agent_trains_with_finite_losses(tmp_path, variant):
 )
 def test_checkpoint_loads_and_acts_within_bounds(tmp_path, name, select):
     store = chain_store(tmp_path / "chain.zarr")
-    final = train(
-        tiny_config(name, store, tmp_path / "run", "steps=20", f"agent.act.select={select}", *TINY_ACTOR)
-    )
+    final = train(tiny_config(name, store, tmp_path / "run", "steps=20", f"agent.act.select={select}"))
     agent = load_agent(final)
     assert type(agent).name == name
     chunk = agent.act(torch.zeros(1, 8))
@@ -284,7 +275,7 @@ def test_checkpoint_loads_and_acts_within_bounds(tmp_path, name, select):
 def test_resume_is_bit_identical(tmp_path, name):
     """Resumed at update 25, between TD3's delayed updates; SAC's temperature optimizer travels too."""
     store = chain_store(tmp_path / "chain.zarr")
-    steps = ["steps=40", "checkpoint_every=25", *TINY_ACTOR]
+    steps = ["steps=40", "checkpoint_every=25"]
     straight = train(tiny_config(name, store, tmp_path / "a", *steps))
     payload = read_checkpoint(tmp_path / "a" / "checkpoints" / "step_00000025.pt")
     resumed = train({**payload["config"], "run_dir": str(tmp_path / "b")}, payload)
@@ -296,8 +287,9 @@ def test_resume_is_bit_identical(tmp_path, name):
 
 @pytest.mark.parametrize("name", ["chunk_sac", "td3bc"])
 def test_presets_build_the_agents(name):
-    """The presets' U-Net sizes (policy.down_dims) reach the transformer actor, which ignores them."""
+    """The presets size the transformer (feature_dim); their U-Net sizes (down_dims) do not apply to it."""
     for preset in ("default", "gpu"):
         cfg = load_config(name, preset)
+        assert "down_dims" not in cfg["agent"]["policy"]
         agent = make_agent(name, Dims(4, 1, 2, 5), cfg["agent"], Normalizer(4, 2), cfg["steps"])
         assert agent.actor.head.in_features == cfg["agent"]["policy"]["feature_dim"]

@@ -14,7 +14,6 @@ observations (B, To, D) standardized, chunks (B, H, A) in [-1, 1].
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -99,10 +98,7 @@ class ChunkTransformer(nn.Module):
 
 
 class ACTChunkPolicy(nn.Module):
-    """The transformer and a linear head with `outputs_per_step` values per chunk step.
-
-    `down_dims` is accepted because the train presets size the U-Net actors through `agent.policy`; a
-    transformer has no down path, so it is not used (`feature_dim` is the transformer's width)."""
+    """The transformer and a linear head with `outputs_per_step` values per chunk step."""
 
     def __init__(
         self,
@@ -117,7 +113,6 @@ class ACTChunkPolicy(nn.Module):
         decoder_layers: int = 2,
         feedforward_dim: int = 512,
         decoding: str = "parallel",
-        down_dims: Sequence[int] = (),
     ):
         super().__init__()
         self.action_dim, self.horizon = action_dim, horizon
