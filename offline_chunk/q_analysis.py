@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from offline_chunk.agents import ChunkAgent
-from offline_chunk.checkpoint import load_agent, read_checkpoint
+from offline_chunk.checkpoint import agent_from_payload, pick_device, read_checkpoint
 from offline_chunk.data.dataset import OfflineRLDataset, gather_chunks
 from offline_chunk.data.store import StepData
 
@@ -143,8 +143,9 @@ def _agent_and_gamma(agent: ChunkAgent | str | Path, gamma: float | None) -> tup
                 "pass gamma (read_checkpoint(ckpt)['config']['gamma']), or pass the checkpoint path as agent"
             )
         return agent, float(gamma)
-    config = read_checkpoint(agent)["config"]
-    return load_agent(agent), float(config["gamma"] if gamma is None else gamma)
+    payload = read_checkpoint(agent)  # read once: the agent and the run's γ
+    gamma = payload["config"]["gamma"] if gamma is None else gamma
+    return agent_from_payload(payload, pick_device(None)).eval(), float(gamma)
 
 
 @torch.no_grad()
