@@ -18,10 +18,10 @@ TASK    ?= scene-play-singletask-task1-v0
 SEEDS   ?= 0
 BENCH   ?= quick
 OWN_VARIABLES := PYTHON=% VENV=% TORCH=% DATA=% OUT=% ARGS=% AGENT=% PRESET=% DATASET=% STEPS=% RUN=% RESUME=% \
-	TASK=% SEEDS=% BENCH=% CKPT=% EPISODES=% EXECUTE=% WORKERS=%
+	TASK=% SEEDS=% BENCH=% CKPT=% EPISODES=% EXECUTE=% WORKERS=% DEVICE=% CONFIG=%
 OVERRIDES = $(filter-out $(OWN_VARIABLES),$(MAKEOVERRIDES))
 
-.PHONY: install dataset train eval benchmark test test-all bench-data lint clean help
+.PHONY: install dataset train eval benchmark test test-all bench bench-scaling bench-data lint clean help
 
 help:
 	@echo "make install                    create $(VENV) with torch and every extra"
@@ -30,6 +30,8 @@ help:
 	@echo "make eval CKPT=... [EPISODES=50] [EXECUTE=k] [WORKERS=2] [ARGS=...]  rollouts in the simulator"
 	@echo "make test                       fast CPU test suite (what CI runs)"
 	@echo "make test-all                   also the slow tests"
+	@echo "make bench [AGENT=a,b] [DEVICE=cpu|cuda] [CONFIG=default,matched,gpu]  update speed table + JSON"
+	@echo "make bench-scaling [AGENT=cpql] [DEVICE=...]  updates/s against batch size and H"
 	@echo "make bench-data                 chunk-index and sampler benchmarks"
 
 install: $(STAMP)
@@ -71,13 +73,20 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m "" --benchmark-skip
 
+# Update speed (offline_chunk/speed.py): every agent unless AGENT is given on the command line.
+DEVICE ?= auto
+CONFIG ?= default,matched
+bench: $(STAMP)
+	$(PY) -m offline_chunk bench $(if $(filter command line,$(origin AGENT)),--agent $(AGENT)) --device $(DEVICE) \
+		--config $(CONFIG) --out benchmarks/last_speed_$(DEVICE) $(OVERRIDES) $(ARGS)
+
+bench-scaling: $(STAMP)
+	$(PY) -m offline_chunk bench --scaling --agent $(AGENT) --device $(DEVICE) \
+		--out benchmarks/last_scaling_$(AGENT)_$(DEVICE) $(OVERRIDES) $(ARGS)
+
 bench-data: $(STAMP)
 	$(PY) -m pytest benchmarks/bench_data.py -q -m "" --benchmark-only --benchmark-columns=min,median,max,rounds \
 		--benchmark-json=benchmarks/last_bench_data.json
-
-bench-update: $(STAMP)
-	$(PY) -m pytest benchmarks/bench_update.py -q -m "" --benchmark-only --benchmark-columns=min,median,max,rounds \
-		--benchmark-json=benchmarks/last_bench_update.json
 
 lint: $(STAMP)
 	$(PY) -m ruff check offline_chunk tests benchmarks

@@ -105,6 +105,18 @@ def cmd_benchmark(args) -> None:
     )
 
 
+def cmd_bench(args) -> None:
+    from offline_chunk.speed import run_bench, run_scaling
+
+    ints = lambda text: [int(v) for v in text.split(",")]  # noqa: E731
+    if args.scaling:
+        run_scaling(args.agent.split(",")[0], args.device, Path(args.out), ints(args.batch_sizes),
+                    ints(args.horizons), args.blocks, args.block_updates, args.overrides)  # fmt: skip
+    else:
+        run_bench(args.agent.split(","), args.config.split(","), args.device, Path(args.out), args.blocks,
+                  args.block_updates, args.overrides)  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="offline_chunk", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
@@ -159,6 +171,19 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default="runs/benchmark")
     bench.add_argument("overrides", nargs="*", metavar="key=value")
     bench.set_defaults(handler=cmd_benchmark)
+
+    speed = commands.add_parser("bench", help="update speed: updates/s, time split, memory, FLOPs")
+    speed.add_argument("--agent", default="cpql,dql,chunk_sac,td3bc", help="comma-separated agents")
+    speed.add_argument("--config", default="default,matched", help="default, matched, gpu (comma-separated)")
+    speed.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    speed.add_argument("--blocks", type=int, default=5, help="timed blocks (median, min, max over them)")
+    speed.add_argument("--block-updates", type=int, default=20, help="updates per timed block")
+    speed.add_argument("--scaling", action="store_true", help="updates/s against batch size and H instead")
+    speed.add_argument("--batch-sizes", default="64,256,1024,4096", help="with --scaling")
+    speed.add_argument("--horizons", default="1,2,5,8,16", help="with --scaling")
+    speed.add_argument("--out", default="benchmarks/last_speed", help="output stem (.md and .json)")
+    speed.add_argument("overrides", nargs="*", metavar="key=value", help="overrides, e.g. precision=bf16")
+    speed.set_defaults(handler=cmd_bench)
 
     inspect = commands.add_parser("inspect", help="validate a store and print its summary")
     inspect.add_argument("store")

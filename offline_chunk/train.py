@@ -75,6 +75,7 @@ def build_run(cfg: dict, resume: dict | None = None) -> Run:
         agent = agent_from_payload({**resume, "config": cfg}, device)
         restore_rng_state(resume["rng"], sampler.generator)
         step = resume["step"]
+    agent.configure_execution(cfg["compile"], cfg["precision"])
     run_dir = Path(cfg["run_dir"])
     return Run(
         cfg,

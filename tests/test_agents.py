@@ -98,14 +98,14 @@ def test_lerp_parameters_is_polyak():
 # --------------------------------------------------------------------------- tiny stores
 
 
-def chain_store(path, episodes=4, length=8):
-    """A deterministic chain: row t of each episode observes one-hot(t), reward (t + 1) / length, terminal at
-    the last row. Actions are a fixed function of t."""
+def chain_store(path, episodes=4, length=8, reward_scale=1.0):
+    """A deterministic chain: row t of each episode observes one-hot(t), reward c (t + 1) / length with
+    c = reward_scale, terminal at the last row. Actions are a fixed function of t."""
     t = np.tile(np.arange(length), episodes)
     data = StepData(
         observations={"obs": np.eye(length, dtype=np.float32)[t]},
         action=np.stack([np.sin(t), np.cos(t)], axis=1).astype(np.float32) * 0.5,
-        reward=((t + 1) / length).astype(np.float32),
+        reward=(reward_scale * (t + 1) / length).astype(np.float32),
         terminal=t == length - 1,
         episode_ends=np.arange(length, length * episodes + 1, length),
         attrs={"action_low": [-1.0, -1.0], "action_high": [1.0, 1.0]},

@@ -167,6 +167,21 @@ def test_ddpm_masked_loss_by_hand():
     torch.testing.assert_close(loss, expected)
 
 
+@pytest.mark.parametrize("variant", ["ddpm", "ddim"])
+def test_reverse_chain_matches_diffusers_step(variant):
+    """The precomputed affine steps reproduce diffusers' `scheduler.step` chain (same net, same draws)."""
+    policy = tiny_policy(variant)
+    feature = policy.obs_encoder(random_obs(4))
+    ours = policy._sample(feature, torch.Generator().manual_seed(3))
+    replay = torch.Generator().manual_seed(3)
+    chunk = torch.randn(4, 5, ACTION_DIM, generator=replay)
+    for t in policy.sampler.timesteps:
+        eps = policy.network(chunk, t.float().expand(4), feature)
+        chunk = policy.sampler.step(eps, t, chunk, generator=replay).prev_sample
+    torch.testing.assert_close(ours, chunk, rtol=1e-5, atol=1e-5)
+    assert not torch.equal(ours, policy._sample(feature, torch.Generator().manual_seed(4)))
+
+
 @pytest.mark.parametrize("kind, lr", [("ddpm", 1e-2), ("consistency", 3e-3)])
 def test_overfits_one_chunk(kind, lr):
     """300 Adam steps on one chunk for one observation: samples land within 0.08 of it on average."""

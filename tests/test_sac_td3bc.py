@@ -113,7 +113,7 @@ class StubCritic(nn.Module):
         super().__init__()
         self.calls = []
 
-    def forward(self, obs, chunk):
+    def forward(self, obs, chunk, detach_params=False):
         self.calls.append(tuple(chunk.shape))
         total = chunk.sum(dim=(-2, -1))
         return torch.stack([total, 2 * total])

@@ -27,8 +27,15 @@ from offline_chunk.agents.targets import (
     lerp_parameters_,
 )
 from offline_chunk.data.normalize import Normalizer
+from offline_chunk.execution import CompiledWithFallback, autocast_context, compile_enabled
 from offline_chunk.nets.critic import ChunkCriticEnsemble
 from offline_chunk.policies import make_policy
+
+
+def adam(params, lr: float) -> torch.optim.Adam:
+    """Fused Adam: one kernel over all parameters, its step count kept on the device (the foreach and
+    per-parameter versions read the step count on the host at every step)."""
+    return torch.optim.Adam(params, lr=lr, fused=True)
 
 
 @dataclass(frozen=True)
@@ -58,8 +65,8 @@ class ChunkAgent(nn.Module):
             dims.obs_dim, dims.obs_horizon, dims.action_dim, size=critic_cfg.pop("ensemble"), **critic_cfg
         )
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg["lr"], foreach=True)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg["lr"], foreach=True)
+        self.actor_opt = adam(self.actor.parameters(), cfg["lr"])
+        self.critic_opt = adam(self.critic.parameters(), cfg["lr"])
         self.schedulers = [
             get_scheduler(
                 cfg["lr_schedule"], opt, num_warmup_steps=cfg["lr_warmup"], num_training_steps=total_steps
@@ -67,21 +74,43 @@ class ChunkAgent(nn.Module):
             for opt in (self.actor_opt, self.critic_opt)
         ]
         self.num_updates = 0
+        self.autocast = autocast_context(torch.device("cpu"), "fp32")
+
+    def configure_execution(self, compile: str | bool = "auto", precision: str = "fp32") -> ChunkAgent:
+        """Compile the loss computations and/or autocast the network passes (execution.py) on the device the
+        agent is on now; what an update computes is unchanged up to floating-point rounding."""
+        device = next(self.parameters()).device
+        self.autocast = autocast_context(device, precision)
+        if compile_enabled(compile, device):
+            self.critic_objective = CompiledWithFallback(self.critic_objective, device)
+            self.actor_objective = CompiledWithFallback(self.actor_objective, device)
+        return self
 
     # ------------------------------------------------------------------ the update
 
     def update(self, batch: dict) -> dict[str, torch.Tensor]:
-        """One gradient step of critic and actor on a batch in environment units."""
-        obs = self.normalizer.obs(batch["observations"])
-        next_obs = self.normalizer.obs(batch["next_observations"])
-        actions = self.normalizer.action(batch["actions"])
+        """One gradient step of critic and actor on a batch in environment units. Its three phases are
+        separate methods so that `make bench` can time each."""
+        obs, actions, next_obs = self.normalized(batch)
         metrics = self.update_critic(obs, actions, next_obs, batch)
         metrics.update(self.update_actor(obs, actions, batch["action_mask"]))
+        self.finish_update()
+        return metrics
+
+    def normalized(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Observations, action chunks and next observations of a batch in the networks' units."""
+        return (
+            self.normalizer.obs(batch["observations"]),
+            self.normalizer.action(batch["actions"]),
+            self.normalizer.obs(batch["next_observations"]),
+        )
+
+    def finish_update(self) -> None:
+        """Count the update, move the targets on their schedules, step the learning-rate schedules."""
         self.num_updates += 1
         self.update_targets()
         for scheduler in self.schedulers:
             scheduler.step()
-        return metrics
 
     def learning_rates(self) -> dict[str, float]:
         return {
@@ -104,24 +133,35 @@ class ChunkAgent(nn.Module):
         return chunk
 
     def update_critic(self, obs, actions, next_obs, batch) -> dict[str, torch.Tensor]:
-        target = chunk_target(batch, self.next_state_value(next_obs, batch))
-        q = self.critic(obs, self.critic_view(actions))  # (K, B)
+        loss, metrics = self.critic_objective(obs, actions, next_obs, batch)
+        return {**metrics, "critic/grad_norm": self._step(self.critic_opt, self.critic, loss)}
+
+    def critic_objective(self, obs, actions, next_obs, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The critic loss against the chunk Bellman target, and its metrics (what `compile` compiles)."""
+        with self.autocast():
+            next_value = self.next_state_value(next_obs, batch).float()
+            q = self.critic(obs, self.critic_view(actions)).float()  # (K, B)
+        target = chunk_target(batch, next_value)
         loss = critic_loss(q, target)
-        grad_norm = self._step(self.critic_opt, self.critic, loss)
-        return {
+        return loss, {
             "critic/loss": loss.detach(),
             "critic/q_mean": q.detach().mean(),
             "critic/q_min": q.detach().min(),
             "critic/q_max": q.detach().max(),
             "critic/q_abs_max": q.detach().abs().max(),
             "critic/target_q": target.mean(),
-            "critic/grad_norm": grad_norm,
         }
 
     def update_actor(self, obs, actions, action_mask) -> dict[str, torch.Tensor]:
-        loss, terms = self.actor_loss(obs, actions, action_mask)
+        loss, terms = self.actor_objective(obs, actions, action_mask)
         grad_norm = self._step(self.actor_opt, self.actor, loss)
         return {"actor/loss": loss.detach(), "actor/grad_norm": grad_norm, **terms}
+
+    def actor_objective(self, obs, actions, action_mask) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """`actor_loss` in float32 under the configured autocast (what `compile` compiles)."""
+        with self.autocast():
+            loss, terms = self.actor_loss(obs, actions, action_mask)
+        return loss.float(), {key: value.float() for key, value in terms.items()}
 
     def actor_loss(self, obs, actions, action_mask) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
@@ -218,8 +258,9 @@ class DiffusionChunkAgent(ChunkAgent):
 
     def normalized_q_loss(self, obs: torch.Tensor, chunk: torch.Tensor) -> torch.Tensor:
         """−Q_k(s, â) / mean|Q_j(s, â)| with k drawn at random and j the next member, the normaliser detached
-        (Diffusion-QL and CPQL official code). Indexing by device tensors: no host synchronisation."""
-        q = self.critic(obs, chunk)  # (K, B)
+        (Diffusion-QL and CPQL official code). Indexing by device tensors: no host synchronisation. Gradients
+        reach the chunk only: the critics' weights are not the actor's to change."""
+        q = self.critic(obs, chunk, detach_params=True)  # (K, B)
         k = torch.randint(q.shape[0], (1,), device=q.device)
         other = (k + 1) % q.shape[0]
         return -q.index_select(0, k).mean() / q.index_select(0, other).abs().mean().detach()

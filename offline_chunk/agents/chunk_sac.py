@@ -28,7 +28,7 @@ import math
 import torch
 from torch import nn
 
-from offline_chunk.agents.base import ChunkAgent, Dims
+from offline_chunk.agents.base import ChunkAgent, Dims, adam
 from offline_chunk.data.normalize import Normalizer
 from offline_chunk.policies.base import per_sample_mean
 
@@ -69,7 +69,7 @@ class ChunkSACAgent(ChunkAgent):
         check_option("act.select", cfg["act"]["select"], ACT_SELECTIONS)
         super().__init__(dims, cfg, normalizer, total_steps)
         self.log_alpha = nn.Parameter(torch.tensor(math.log(cfg["init_alpha"])))
-        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=cfg["alpha_lr"])
+        self.alpha_opt = adam([self.log_alpha], cfg["alpha_lr"])
         self.target_entropy = target_entropy(dims.action_dim, dims.horizon, cfg["entropy_scaling"])
 
     def alpha(self) -> torch.Tensor:
@@ -98,13 +98,14 @@ class ChunkSACAgent(ChunkAgent):
     # ------------------------------------------------------------------ actor and temperature
 
     def policy_value(self, obs: torch.Tensor, chunk: torch.Tensor) -> torch.Tensor:
-        """Q̂(s, a) (B,) that the actor maximises: min over the ensemble, then the chunk or step strategy."""
+        """Q̂(s, a) (B,) that the actor maximises: min over the ensemble, then the chunk or step strategy.
+        Gradients reach the chunk, not the critics' weights."""
         if self.cfg["critic_input"] == "chunk":
-            return self.critic(obs, chunk).min(dim=0).values
+            return self.critic(obs, chunk, detach_params=True).min(dim=0).values
         strategy = self.cfg["actor_strategy"]
         steps = chunk[:, :1] if strategy == "standard" else chunk
         # Each action a_t as a length-1 candidate chunk at s: (B, H, 1, A), all steps in one critic call.
-        q_steps = self.critic(obs, steps[:, :, None, :]).min(dim=0).values  # (B, H)
+        q_steps = self.critic(obs, steps[:, :, None, :], detach_params=True).min(dim=0).values  # (B, H)
         return score_steps(q_steps, strategy, self.cfg["temporal_decay"])
 
     def actor_loss(self, obs, actions, action_mask):

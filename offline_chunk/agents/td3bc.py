@@ -55,7 +55,7 @@ class TD3BCAgent(ChunkAgent):
 
     def actor_loss(self, obs, actions, action_mask):
         chunk = self.actor(obs)
-        q = self.critic(obs, chunk)[0]  # Q_1, as the paper's code
+        q = self.critic(obs, chunk, detach_params=True)[0]  # Q_1, as the paper's code; no critic weight grads
         lam = self.cfg["alpha"] / q.abs().mean().detach()
         q_loss = -q.mean()
         bc_loss = per_sample_mean((chunk - actions).pow(2), action_mask).mean()

@@ -57,11 +57,15 @@ class Ensemble(nn.Module):
         self._base.train(mode)
         return super().train(mode)
 
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+    def forward(self, *inputs: torch.Tensor, detach_params: bool = False) -> torch.Tensor:
+        """detach_params: gradients reach the inputs only (an actor's Q term: the critic's own weight
+        gradients would be computed for nothing)."""
+
         def call_member(member_params: dict[str, torch.Tensor], *member_inputs: torch.Tensor) -> torch.Tensor:
             return functional_call(self._base, member_params, member_inputs)
 
         in_dims = (0, *[None] * len(inputs))  # parameters batched over K, inputs shared by all members
         # randomness="different": random ops inside a member (dropout) draw independently per member.
         vmapped = torch.vmap(call_member, in_dims=in_dims, randomness="different")
-        return vmapped(dict(self.stacked.named_parameters()), *inputs)
+        params = {name: p.detach() if detach_params else p for name, p in self.stacked.named_parameters()}
+        return vmapped(params, *inputs)

@@ -34,6 +34,11 @@ def uniform_indices(
     return torch.randint(high, (batch,), generator=generator, device=rng_device).to(device)
 
 
+def per_sample(scale: torch.Tensor) -> torch.Tensor:
+    """(B,) -> (B, 1, 1), to scale (B, H, A) chunks one factor per sample."""
+    return scale.view(-1, 1, 1)
+
+
 def per_sample_mean(squared_error: torch.Tensor, action_mask: torch.Tensor | None = None) -> torch.Tensor:
     """(B, H, A) -> (B,): mean over the chunk, over recorded steps only when a (B, H) bool mask is given."""
     if action_mask is None:
@@ -96,9 +101,11 @@ class ChunkGenerator(nn.Module, abc.ABC):
     def sample_candidates(
         self, obs: torch.Tensor, n: int, keep_graph: bool = False, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        """(B, To, D) -> (B, n, H, A): n chunks per observation, drawn in one batched call."""
-        chunks = self.sample(repeat(obs, "b t d -> (b n) t d", n=n), keep_graph, generator)
-        return rearrange(chunks, "(b n) h a -> b n h a", n=n)
+        """(B, To, D) -> (B, n, H, A): n chunks per observation, drawn in one batched call (each observation
+        encoded once)."""
+        with torch.enable_grad() if keep_graph else torch.no_grad():
+            feature = repeat(self.obs_encoder(obs), "b f -> (b n) f", n=n)
+            return rearrange(self._sample(feature, generator), "(b n) h a -> b n h a", n=n)
 
     @abc.abstractmethod
     def bc_loss(

@@ -14,7 +14,13 @@ from collections.abc import Sequence
 import torch
 from diffusers import CMStochasticIterativeScheduler
 
-from offline_chunk.policies.base import ChunkGenerator, per_sample_mean, standard_normal, uniform_indices
+from offline_chunk.policies.base import (
+    ChunkGenerator,
+    per_sample,
+    per_sample_mean,
+    standard_normal,
+    uniform_indices,
+)
 
 SIGMA_DATA = 0.5
 SIGMA_MIN = 0.002
@@ -26,11 +32,6 @@ def karras_weight(sigma: torch.Tensor, sigma_data: float = SIGMA_DATA) -> torch.
     """Loss weight w(sigma) = SNR + 1 / sigma_data^2 = 1 / sigma^2 + 1 / sigma_data^2 (the "karras" weighting
     of the consistency models code, EDM's lambda(sigma) up to the constant)."""
     return sigma**-2 + sigma_data**-2
-
-
-def _per_sample(scale: torch.Tensor) -> torch.Tensor:
-    """(B,) -> (B, 1, 1), to scale (B, H, A) chunks."""
-    return scale.view(-1, 1, 1)
 
 
 class ConsistencyChunkPolicy(ChunkGenerator):
@@ -79,8 +80,8 @@ class ConsistencyChunkPolicy(ChunkGenerator):
         c_skip, c_out = self.karras.get_scalings_for_boundary_condition(sigma)
         c_in = (sigma**2 + SIGMA_DATA**2) ** -0.5
         c_noise = 250.0 * torch.log(sigma)  # 1000 * 0.25 ln(sigma), Song et al. 2023, App. C
-        raw = self.network(_per_sample(c_in) * chunk, c_noise, obs_feature)
-        return (_per_sample(c_skip) * chunk + _per_sample(c_out) * raw).clamp(-1.0, 1.0)
+        raw = self.network(per_sample(c_in) * chunk, c_noise, obs_feature)
+        return (per_sample(c_skip) * chunk + per_sample(c_out) * raw).clamp(-1.0, 1.0)
 
     def consistency_losses(
         self,
@@ -96,14 +97,14 @@ class ConsistencyChunkPolicy(ChunkGenerator):
         level = uniform_indices(self.num_scales - 1, batch, actions.device, generator)
         sigma, sigma_next = self.sigmas[level], self.sigmas[level + 1]
         noise = standard_normal(actions.shape, actions, generator)
-        noisy = actions + _per_sample(sigma) * noise
+        noisy = actions + per_sample(sigma) * noise
         denoised = self.denoise(noisy, sigma, self.obs_encoder(obs))
         weight = karras_weight(sigma)
         losses = {"recon": weight * per_sample_mean((denoised - actions) ** 2, action_mask)}
         if target is not None:
             # Euler step of the probability-flow ODE dx/dsigma = (x - D(x, sigma)) / sigma from sigma_n to
             # sigma_{n+1} with the data chunk as D; it lands on actions + sigma_{n+1} * noise.
-            noisy_next = noisy + _per_sample((sigma_next - sigma) / sigma) * (noisy - actions)
+            noisy_next = noisy + per_sample((sigma_next - sigma) / sigma) * (noisy - actions)
             with torch.no_grad():
                 target_denoised = target.denoise(noisy_next, sigma_next, target.obs_encoder(obs))
             losses["consistency"] = weight * per_sample_mean((denoised - target_denoised) ** 2, action_mask)
@@ -132,14 +133,14 @@ class ConsistencyChunkPolicy(ChunkGenerator):
         batch = obs_feature.shape[0]
         shape = (batch, self.horizon, self.action_dim)
         sigma_max = self.sigmas[0].expand(batch)
-        pure_noise = _per_sample(sigma_max) * standard_normal(shape, obs_feature, generator)
+        pure_noise = per_sample(sigma_max) * standard_normal(shape, obs_feature, generator)
         chunk = self.denoise(pure_noise, sigma_max, obs_feature)
         for level in self.sample_steps:
             # multistep consistency sampling (Song et al. 2023, Alg. 1): re-noise to sigma_i, denoise again
             sigma = self.sigmas[level].expand(batch)
             renoise_std = (sigma**2 - SIGMA_MIN**2).clamp(min=0.0).sqrt()
             chunk = self.denoise(
-                chunk + _per_sample(renoise_std) * standard_normal(shape, chunk, generator),
+                chunk + per_sample(renoise_std) * standard_normal(shape, chunk, generator),
                 sigma,
                 obs_feature,
             )

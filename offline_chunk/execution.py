@@ -1,0 +1,60 @@
+"""How an agent's update runs, apart from what it computes: torch.compile of its loss computations and bf16
+autocast of its network passes (`ChunkAgent.configure_execution`).
+
+- compile: `auto` compiles on CUDA only (CUDA graphs through inductor's `reduce-overhead` mode: the shapes
+  of an update never change); `true` compiles on any device (inductor generates C++ on the CPU, which needs
+  a compiler); `false` runs eagerly. A compilation failure warns once and falls back to the eager function,
+  so a run never stops because a backend is missing.
+- precision: `fp32`, or `bf16` to autocast convolutions and matrix products to bfloat16. Losses, targets and
+  each critic's output layer stay in float32 (ChunkQNet): a bf16 Q value of -80 would be rounded to a
+  multiple of 0.5.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Callable
+
+import torch
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+COMPILE_CHOICES = ("auto", True, False)
+
+
+def compile_enabled(choice: str | bool, device: torch.device) -> bool:
+    if choice not in COMPILE_CHOICES:
+        raise ValueError(f"compile must be one of auto, true, false; got {choice!r}")
+    return device.type == "cuda" if choice == "auto" else bool(choice)
+
+
+def autocast_context(device: torch.device, precision: str) -> Callable[[], contextlib.AbstractContextManager]:
+    """A factory of the autocast context for `precision` ('fp32': a no-op)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+
+
+class CompiledWithFallback:
+    """`fn` through torch.compile; if compiling fails, one warning and `fn` itself from then on."""
+
+    def __init__(self, fn: Callable, device: torch.device, backend: str = "inductor"):
+        self.fn = fn
+        mode = "reduce-overhead" if device.type == "cuda" and backend == "inductor" else None
+        self.compiled: Callable | None = torch.compile(fn, backend=backend, mode=mode, dynamic=False)
+
+    def __call__(self, *args):
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args)
+            except torch._dynamo.exc.TorchDynamoException as error:
+                warnings.warn(
+                    f"torch.compile failed for {getattr(self.fn, '__name__', self.fn)}; running eagerly "
+                    f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})",
+                    stacklevel=2,
+                )
+                self.compiled = None
+        return self.fn(*args)
