@@ -19,7 +19,11 @@ SEEDS   ?= 0
 BENCH   ?= quick
 OWN_VARIABLES := PYTHON=% VENV=% TORCH=% DATA=% OUT=% ARGS=% AGENT=% PRESET=% DATASET=% STEPS=% RUN=% RESUME=% \
 	TASK=% SEEDS=% BENCH=% CKPT=% EPISODES=% EXECUTE=% WORKERS=% DEVICE=% CONFIG=%
-OVERRIDES = $(filter-out $(OWN_VARIABLES),$(MAKEOVERRIDES))
+# MAKEOVERRIDES escapes the spaces inside a value (`ARGS="--blocks 3"` is `ARGS=--blocks\ 3`): they are held
+# as ^ while filtering so that such a value stays one word.
+empty :=
+space := $(empty) $(empty)
+OVERRIDES = $(subst ^,$(space),$(filter-out $(OWN_VARIABLES),$(subst \$(space),^,$(MAKEOVERRIDES))))
 
 .PHONY: install dataset train eval benchmark test test-all bench bench-scaling bench-data lint clean help
 

@@ -1,10 +1,11 @@
 """How an agent's update runs, apart from what it computes: torch.compile of its loss computations and bf16
 autocast of its network passes (`ChunkAgent.configure_execution`).
 
-- compile: `auto` compiles on CUDA only (CUDA graphs through inductor's `reduce-overhead` mode: the shapes
-  of an update never change); `true` compiles on any device (inductor generates C++ on the CPU, which needs
-  a compiler); `false` runs eagerly. A compilation failure warns once and falls back to the eager function,
-  so a run never stops because a backend is missing.
+- compile: `auto` compiles on CUDA only; `true` compiles on any device (inductor generates C++ on the CPU,
+  which needs a compiler and, on 2 cores, about 3 minutes per agent); `false` runs eagerly. Inductor's
+  default mode: kernels fused, no CUDA graphs yet (a graph replay overwrites its outputs, and metrics
+  outlive an update; not enabled before it has been validated on a GPU). A compilation failure warns once
+  and falls back to the eager function, so a run never stops because a backend is missing.
 - precision: `fp32`, or `bf16` to autocast convolutions and matrix products to bfloat16. Losses, targets and
   each critic's output layer stay in float32 (ChunkQNet): a bf16 Q value of -80 would be rounded to a
   multiple of 0.5.
@@ -41,10 +42,9 @@ def autocast_context(device: torch.device, precision: str) -> Callable[[], conte
 class CompiledWithFallback:
     """`fn` through torch.compile; if compiling fails, one warning and `fn` itself from then on."""
 
-    def __init__(self, fn: Callable, device: torch.device, backend: str = "inductor"):
+    def __init__(self, fn: Callable, backend: str = "inductor"):
         self.fn = fn
-        mode = "reduce-overhead" if device.type == "cuda" and backend == "inductor" else None
-        self.compiled: Callable | None = torch.compile(fn, backend=backend, mode=mode, dynamic=False)
+        self.compiled: Callable | None = torch.compile(fn, backend=backend, dynamic=False)
 
     def __call__(self, *args):
         if self.compiled is not None:

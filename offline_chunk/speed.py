@@ -29,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
 
 from offline_chunk.agents import ChunkAgent, Dims, make_agent
 from offline_chunk.checkpoint import pick_device
@@ -187,13 +188,30 @@ def time_split(setup: BenchSetup, updates: int) -> dict[str, float]:
     return {name: statistics.median(times) for name, times in phases.items()}
 
 
+class FlopCount(TorchDispatchMode):
+    """FLOPs of the matrix products and convolutions dispatched inside it, by torch.utils.flop_counter's
+    formulas (FlopCounterMode itself also tracks modules, which fails on the vmapped critics)."""
+
+    def __init__(self):
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = flop_registry.get(func.overloadpacket)
+        if formula is not None:
+            self.total += formula(*args, **kwargs, out_val=out)
+        return out
+
+
 def update_flops(agent: str, config: str, batch_size: int, horizon: int, dataset) -> int:
     """FLOPs of one eager update on the CPU (the count does not depend on device or compilation)."""
     setup = bench_setup(agent, config, "cpu", batch_size, horizon, ["compile=false"], dataset)
     setup.step()  # optimizer state exists
-    with FlopCounterMode(display=False) as counter:
+    with FlopCount() as counter:
         setup.step()
-    return counter.get_total_flops()
+    return counter.total
 
 
 def peak_memory(device: torch.device) -> tuple[float, str]:

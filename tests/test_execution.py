@@ -98,9 +98,9 @@ def test_compiled_update_matches_eager(tmp_path, fp32_run, monkeypatch):
     seconds) gives the eager result after 300 updates within 1e-5."""
     compiled = []
 
-    def aot_eager(fn, device):
+    def aot_eager(fn):
         compiled.append(fn.__name__)
-        return CompiledWithFallback(fn, device, backend="aot_eager")
+        return CompiledWithFallback(fn, backend="aot_eager")
 
     monkeypatch.setattr(agent_base, "CompiledWithFallback", aot_eager)
     with warnings.catch_warnings():
@@ -128,7 +128,7 @@ def test_compile_failure_warns_and_runs_eagerly():
     def double(x):
         return 2 * x
 
-    fn = CompiledWithFallback(double, torch.device("cpu"), backend=broken_backend)
+    fn = CompiledWithFallback(double, backend=broken_backend)
     with pytest.warns(UserWarning, match="torch.compile failed for double; running eagerly"):
         assert torch.equal(fn(torch.ones(3)), torch.full((3,), 2.0))
     assert fn.compiled is None

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from offline_chunk import speed
 from offline_chunk.cli import main
@@ -63,3 +64,12 @@ def test_bench_command_writes_table_and_json(tmp_path, capsys):
 def test_unknown_config_is_refused():
     with pytest.raises(ValueError, match="config must be one of default, gpu, matched"):
         speed.bench_config("cpql", "tiny")
+
+
+def test_flop_count_of_a_matrix_product_and_its_backward_by_hand():
+    a = torch.randn(64, 32)
+    b = torch.randn(32, 16, requires_grad=True)
+    with speed.FlopCount() as counter:
+        (a @ b).sum().backward()
+    # forward a @ b: 2·64·32·16; backward: only b needs a gradient, aᵀ @ grad: 2·32·64·16
+    assert counter.total == 2 * 64 * 32 * 16 * 2

@@ -82,8 +82,8 @@ class ChunkAgent(nn.Module):
         device = next(self.parameters()).device
         self.autocast = autocast_context(device, precision)
         if compile_enabled(compile, device):
-            self.critic_objective = CompiledWithFallback(self.critic_objective, device)
-            self.actor_objective = CompiledWithFallback(self.actor_objective, device)
+            self.critic_objective = CompiledWithFallback(self.critic_objective)
+            self.actor_objective = CompiledWithFallback(self.actor_objective)
         return self
 
     # ------------------------------------------------------------------ the update
