@@ -24,7 +24,7 @@ import platform
 import resource
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +38,7 @@ from offline_chunk.config import load_config
 from offline_chunk.data.dataset import ChunkSampler, OfflineRLDataset
 from offline_chunk.data.normalize import Normalizer
 from offline_chunk.data.store import StepData
+from offline_chunk.execution import CompiledWithFallback
 
 ROWS, EPISODE, OBS_DIM, ACTION_DIM = 100_000, 1_000, 40, 5
 AGENTS = ("cpql", "dql", "chunk_sac", "td3bc")
@@ -152,7 +153,6 @@ class SpeedResult:
     gflop_per_update: float
     achieved_tflops: float
     hours_to_1m_updates: float
-    extra: dict = field(default_factory=dict)
 
 
 def throughput(setup: BenchSetup, blocks: int, block_updates: int) -> list[float]:
@@ -251,7 +251,7 @@ def measure(
         device=describe_device(setup.device),
         batch_size=batch_size,
         horizon=horizon,
-        compile=setup.agent.critic_objective.__class__.__name__ == "CompiledWithFallback",
+        compile=isinstance(setup.agent.critic_objective, CompiledWithFallback),
         precision=setup.cfg["precision"],
         updates_per_s=median,
         updates_per_s_min=min(rates),

@@ -51,31 +51,9 @@ class ChunkCritic(nn.Module):
 
 
 class ChunkCriticEnsemble(Ensemble):
-    """`size` independently initialised ChunkCritics; forward(obs, chunk) -> (K, B) or (K, B, N)."""
+    """`size` independently initialised ChunkCritics (sized by ChunkCritic's keyword arguments);
+    forward(obs, chunk) -> (K, B) or (K, B, N)."""
 
-    def __init__(
-        self,
-        obs_dim: int,
-        obs_horizon: int,
-        action_dim: int,
-        size: int = 2,
-        feature_dim: int = 256,
-        down_dims: Sequence[int] = (64, 128),
-        kernel_size: int = 5,
-        n_groups: int = 8,
-        head_hidden: int = 256,
-        encoder_hidden: int = 256,
-    ):
-        member = functools.partial(
-            ChunkCritic,
-            obs_dim,
-            obs_horizon,
-            action_dim,
-            feature_dim,
-            tuple(down_dims),
-            kernel_size,
-            n_groups,
-            head_hidden,
-            encoder_hidden,
-        )
+    def __init__(self, obs_dim: int, obs_horizon: int, action_dim: int, size: int = 2, **critic_kwargs):
+        member = functools.partial(ChunkCritic, obs_dim, obs_horizon, action_dim, **critic_kwargs)
         super().__init__(member, size)

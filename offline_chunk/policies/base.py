@@ -95,8 +95,7 @@ class ChunkGenerator(nn.Module, abc.ABC):
         keep_graph=False samples under no_grad; True keeps the graph through the whole sampling chain (for
         policy improvement that back-propagates Q through the sampler, as Diffusion-QL and CPQL do).
         """
-        with torch.enable_grad() if keep_graph else torch.no_grad():
-            return self._sample(self.obs_encoder(obs), generator)
+        return self.sample_candidates(obs, 1, keep_graph, generator)[:, 0]
 
     def sample_candidates(
         self, obs: torch.Tensor, n: int, keep_graph: bool = False, generator: torch.Generator | None = None
