@@ -10,27 +10,37 @@ the mean of its last three evaluations, as FQL and QC report.
 from __future__ import annotations
 
 import csv
+import os
 import re
+import shutil
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import yaml
+
+from offline_chunk.errors import BenchmarkError
 
 REFERENCE_CSV = Path(__file__).resolve().parents[1] / "benchmarks" / "reference" / "qc_ogbench_offline.csv"
 PAPER_METHODS = ("QC", "FQL", "BFN")
-# The behaviour-cloning-only ablation of each agent: its Q-driven actor term switched off.
+# The behaviour-cloning-only ablation of each agent: its Q-driven actor term switched off, and acting without
+# the critic (one sampled chunk instead of the best of N under Q), so no number in its column uses Q.
 BC_ONLY = {
-    "dql": "agent.eta=0",
-    "cpql": "agent.eta=0",
-    "chunk_sac": "agent.sac_weight=0",
-    "td3bc": "agent.alpha=0",
+    "dql": ["agent.eta=0", "agent.act.candidates=1"],
+    "cpql": ["agent.eta=0", "agent.act.candidates=1"],
+    "chunk_sac": ["agent.sac_weight=0"],
+    "td3bc": ["agent.alpha=0"],
 }
 TASK_PATTERN = re.compile(r"^(?P<env>(scene|puzzle-\dx\d|cube-\w+)-play)-singletask-(?P<task>task\d)-v0$")
 
-# Presets: `paper` is the published protocol; `quick` fits a CPU hour on the easiest tasks.
+# Presets: the dataset size and the train preset (configs/train/<name>.yaml: networks, steps, evaluation
+# points). `paper` is the published protocol; `quick` fits about a CPU hour per run on the easiest tasks.
 PRESETS = {
-    "quick": {"episodes": 100, "eval_every": 1000, "eval_episodes": 10, "train_preset": "default"},
-    "paper": {"episodes": 1000, "eval_every": 100_000, "eval_episodes": 50, "train_preset": "gpu"},
+    "quick": {"episodes": 300, "train_preset": "quick"},
+    "paper": {"episodes": 1000, "train_preset": "gpu"},
 }
 
 
@@ -145,44 +155,109 @@ def read_evaluations(run_dir: Path, label: str, seed: int) -> list[Evaluation]:
         ]
 
 
+@dataclass(frozen=True)
+class PlannedRun:
+    label: str
+    seed: int
+    run_dir: Path
+    cfg: dict
+
+    def is_complete(self) -> bool:
+        """Finished earlier with this very configuration: its final checkpoint and evaluations are kept."""
+        saved = self.run_dir / "config.yaml"
+        return (
+            (self.run_dir / "checkpoints" / "final.pt").exists()
+            and (self.run_dir / "evaluations.csv").exists()
+            and yaml.safe_load(saved.read_text()) == self.cfg
+        )
+
+
+def plan_runs(
+    store: Path, agents: list[str], steps: int | None, seeds: list[int], preset: str, out_dir: Path, overrides
+) -> list[PlannedRun]:
+    """Every (agent or its BC-only ablation, seed) with its resolved configuration."""
+    from offline_chunk.config import load_config
+
+    runs = []
+    for agent in agents:
+        for label, extra in ((agent, []), (f"{agent} BC-only", BC_ONLY[agent])):
+            for seed in seeds:
+                run_dir = out_dir / f"{label.replace(' ', '-')}-seed{seed}"
+                named = [f"dataset={store}", f"seed={seed}", f"run_dir={run_dir}"]
+                if steps is not None:
+                    named.append(f"steps={steps}")
+                cfg = load_config(agent, PRESETS[preset]["train_preset"], [*named, *extra, *overrides])
+                runs.append(PlannedRun(label, seed, run_dir, cfg))
+    return runs
+
+
+def launch(run: PlannedRun, threads: int, quiet: bool) -> subprocess.Popen:
+    """`python -m offline_chunk train` on the run's resolved config, in its own process with `threads`
+    intra-op threads; quiet runs write their output to <run>/train.log instead of the terminal."""
+    shutil.rmtree(run.run_dir, ignore_errors=True)  # an unfinished earlier attempt starts over
+    run.run_dir.mkdir(parents=True)
+    config = run.run_dir / "benchmark_config.yaml"
+    config.write_text(yaml.safe_dump(run.cfg, sort_keys=False))
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    command = [sys.executable, "-m", "offline_chunk", "train", "--config", str(config)]
+    if not quiet:
+        return subprocess.Popen(command, env=env)
+    with open(run.run_dir / "train.log", "w") as log:
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def run_all(runs: list[PlannedRun], jobs: int) -> list[PlannedRun]:
+    """Train the runs that are not complete yet, `jobs` at a time, the cores shared between them; returns
+    the runs that failed."""
+    pending = [run for run in runs if not run.is_complete()]
+    for run in runs:
+        if run not in pending:
+            print(f"reusing      {run.run_dir} (complete, same config)")
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    active: dict[subprocess.Popen, PlannedRun] = {}
+    failed = []
+    while pending or active:
+        while pending and len(active) < jobs:
+            run = pending.pop(0)
+            print(f"training     {run.label} seed {run.seed} -> {run.run_dir}")
+            active[launch(run, threads, quiet=jobs > 1)] = run
+        while all(p.poll() is None for p in active):
+            time.sleep(1.0)
+        for process in [p for p in active if p.poll() is not None]:
+            run = active.pop(process)
+            status = "done" if process.returncode == 0 else f"FAILED (exit {process.returncode})"
+            print(f"{status:<12} {run.label} seed {run.seed} ({run.run_dir})")
+            if process.returncode != 0:
+                failed.append(run)
+    return failed
+
+
 def run_benchmark(
     task: str,
     agents: list[str],
-    steps: int,
+    steps: int | None,
     seeds: list[int],
     preset: str,
     out_dir: Path,
     overrides: list[str] = (),
+    jobs: int = 1,
 ) -> Path:
-    """Train and evaluate every (agent, seed), and its eta = 0 ablation; write benchmark.md and .csv."""
-    from offline_chunk.config import load_config
-    from offline_chunk.train import train
-
-    settings = PRESETS[preset]
+    """Train and evaluate every (agent, seed) and its BC-only ablation, `jobs` runs at a time, reusing runs
+    that completed earlier with the same configuration; write benchmark.md and .csv from the runs that
+    finished (a failed run is named in the error raised after the report, its log kept)."""
     reference_task, reward = parse_task(task)
-    store = ensure_store(task, settings["episodes"], reward)
-    evaluations = []
-    for agent in agents:
-        for label, extra in ((agent, []), (f"{agent} BC-only", [BC_ONLY[agent]])):
-            for seed in seeds:
-                run_dir = out_dir / f"{label.replace(' ', '-')}-seed{seed}"
-                cfg = load_config(
-                    agent,
-                    settings["train_preset"],
-                    [
-                        f"dataset={store}",
-                        f"steps={steps}",
-                        f"seed={seed}",
-                        f"run_dir={run_dir}",
-                        f"eval_every={settings['eval_every']}",
-                        f"eval_episodes={settings['eval_episodes']}",
-                        *extra,
-                        *overrides,
-                    ],
-                )
-                train(cfg)
-                evaluations += read_evaluations(run_dir, label, seed)
-    return write_report(summarize(evaluations), reference_task, task, out_dir)
+    store = ensure_store(task, PRESETS[preset]["episodes"], reward)
+    runs = plan_runs(store, agents, steps, seeds, preset, out_dir, overrides)
+    failed = run_all(runs, jobs)
+    finished = [run for run in runs if run not in failed]
+    evaluations = [e for run in finished for e in read_evaluations(run.run_dir, run.label, run.seed)]
+    report = write_report(summarize(evaluations), reference_task, task, out_dir)
+    if failed:
+        where = [str(run.run_dir / "train.log" if jobs > 1 else run.run_dir) for run in failed]
+        raise BenchmarkError(
+            f"{len(failed)} of {len(runs)} runs failed (see {', '.join(where)}); the report has the others"
+        )
+    return report
 
 
 def write_report(rows: list[dict], reference_task: str, task: str, out_dir: Path) -> Path:

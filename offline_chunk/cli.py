@@ -12,8 +12,9 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import yaml
 
-from offline_chunk.errors import CheckpointError, ConfigError, DataError, DivergenceError
+from offline_chunk.errors import BenchmarkError, CheckpointError, ConfigError, DataError, DivergenceError
 
 DEFAULT_HORIZON = 5  # the Q-chunking paper's chunk length, used for the summary's chunk count
 
@@ -62,9 +63,9 @@ def cmd_train(args) -> None:
         for key, value in (("dataset", args.dataset), ("steps", args.steps), ("run_dir", args.run))
         if value is not None
     ]
-    if args.resume:
-        resume = read_checkpoint(args.resume)
-        cfg = resume["config"]
+    if args.resume or args.config:
+        resume = read_checkpoint(args.resume) if args.resume else None
+        cfg = resume["config"] if resume else yaml.safe_load(Path(args.config).read_text())
         for assignment in named + args.overrides:
             apply_override(cfg, assignment)
     else:
@@ -102,6 +103,7 @@ def cmd_benchmark(args) -> None:
         args.preset,
         Path(args.out),
         args.overrides,
+        args.jobs,
     )
 
 
@@ -144,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--steps", type=int, help="total updates")
     train.add_argument("--run", help="run directory (default runs/<agent>-<dataset>-<time>)")
     train.add_argument("--resume", help="checkpoint to continue from (its config, plus any overrides)")
+    train.add_argument(
+        "--config", help="a resolved config to train with (a run's config.yaml), then overrides"
+    )
     train.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. agent.eta=2")
     train.set_defaults(handler=cmd_train)
 
@@ -165,10 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("benchmark", help="train and evaluate on an OGBench task; table vs the paper")
     bench.add_argument("--task", default="scene-play-singletask-task1-v0")
     bench.add_argument("--agent", default="cpql", help="comma-separated agents")
-    bench.add_argument("--steps", type=int, default=3000)
+    bench.add_argument("--steps", type=int, help="updates per run (default: the preset's)")
     bench.add_argument("--seeds", default="0", help="comma-separated seeds (3 or more for reported figures)")
     bench.add_argument("--preset", default="quick", choices=["quick", "paper"])
     bench.add_argument("--out", default="runs/benchmark")
+    bench.add_argument("--jobs", type=int, default=1, help="runs trained at once (the cores are shared)")
     bench.add_argument("overrides", nargs="*", metavar="key=value")
     bench.set_defaults(handler=cmd_benchmark)
 
@@ -204,7 +210,15 @@ def main(argv: list[str] | None = None) -> int:
     quiet_library_warnings()
     try:
         args.handler(args)
-    except (DataError, ConfigError, CheckpointError, DivergenceError, FileNotFoundError, ImportError) as exc:
+    except (
+        BenchmarkError,
+        DataError,
+        ConfigError,
+        CheckpointError,
+        DivergenceError,
+        FileNotFoundError,
+        ImportError,
+    ) as exc:
         if args.debug:
             raise
         print(f"error: {exc}", file=sys.stderr)

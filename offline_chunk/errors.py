@@ -29,3 +29,7 @@ class CheckpointError(ValueError):
 
 class DivergenceError(RuntimeError):
     """Training stopped by the divergence guard (a checkpoint was saved first)."""
+
+
+class BenchmarkError(RuntimeError):
+    """Benchmark runs that failed; the message names their logs."""

@@ -42,30 +42,11 @@ from offline_chunk.execution import CompiledWithFallback
 
 ROWS, EPISODE, OBS_DIM, ACTION_DIM = 100_000, 1_000, 40, 5
 AGENTS = ("cpql", "dql", "chunk_sac", "td3bc")
-# Network sizes per configuration: (train preset, overrides). `matched`: a one-level U-Net actor (152k
-# parameters) and two U-Net critics (146k each), against the official MLPs' 160k actor and 2 x 149k critics.
-CONFIGS = {
-    "default": ("default", []),
-    "gpu": ("gpu", []),
-    "matched": (
-        "default",
-        [
-            "agent.policy.feature_dim=96",
-            "agent.policy.down_dims=[32]",
-            "agent.critic.feature_dim=96",
-            "agent.critic.down_dims=[32,64]",
-            "agent.critic.head_hidden=128",
-        ],
-    ),
-}
-# The transformer actors (chunk_sac, td3bc) have no U-Net knobs: at `matched` they are 80 wide with one
-# encoder and one decoder layer (145k parameters).
-TRANSFORMER_MATCHED = [
-    "agent.policy.feature_dim=80",
-    "agent.policy.encoder_layers=1",
-    "agent.policy.decoder_layers=1",
-    "agent.policy.feedforward_dim=192",
-]
+# Network sizes per configuration: the train preset whose networks are measured; everything else is the
+# default preset's (each agent's published settings). `matched` takes the quick preset's networks, sized
+# like the official Diffusion-QL and CPQL MLPs (160k actor, 2 x 149k critics): a one-level U-Net actor
+# (152k parameters) or a one-layer transformer actor (145k), and two U-Net critics (146k each).
+CONFIGS = {"default": "default", "matched": "quick", "gpu": "gpu"}
 
 
 def synthetic_dataset(horizon: int = 5) -> OfflineRLDataset:
@@ -83,10 +64,11 @@ def synthetic_dataset(horizon: int = 5) -> OfflineRLDataset:
 def bench_config(agent: str, config: str, overrides: list[str] = ()) -> dict:
     if config not in CONFIGS:
         raise ValueError(f"config must be one of {', '.join(CONFIGS)}; got {config!r}")
-    preset, sizes = CONFIGS[config]
-    if config == "matched" and agent in ("chunk_sac", "td3bc"):
-        sizes = [s for s in sizes if not s.startswith("agent.policy")] + TRANSFORMER_MATCHED
-    return load_config(agent, preset, [*sizes, *overrides])
+    cfg = load_config(agent, "default", overrides)
+    sized = load_config(agent, CONFIGS[config], overrides)
+    for networks in ("policy", "critic"):
+        cfg["agent"][networks] = sized["agent"][networks]
+    return cfg
 
 
 @dataclass

@@ -223,6 +223,15 @@ def test_train_cli_writes_checkpoint_and_events_and_load_agent_works(tmp_path, c
     assert (chunk.abs() <= 1.0).all()  # declared action bounds [-1, 1]
 
 
+def test_train_cli_from_a_runs_config_repeats_the_run(tmp_path):
+    """`train --config <run>/config.yaml` (what `make benchmark` launches) trains the same run again."""
+    store = chain_store(tmp_path / "chain.zarr")
+    first = train(tiny_config("td3bc", store, tmp_path / "a", "steps=30"))
+    assert main(["train", "--config", str(tmp_path / "a" / "config.yaml"), f"run_dir={tmp_path / 'b'}"]) == 0
+    a, b = (read_checkpoint(path)["weights"] for path in (first, tmp_path / "b" / "checkpoints" / "final.pt"))
+    assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+
+
 def test_resume_is_bit_identical(tmp_path):
     store = chain_store(tmp_path / "chain.zarr")
     steps = ["steps=40", "checkpoint_every=25"]

@@ -1,7 +1,9 @@
 """Benchmark tables: task naming, the paper's reference figures, seed means and the headline."""
 
 import pytest
+import yaml
 
+from offline_chunk import benchmark
 from offline_chunk.benchmark import (
     Evaluation,
     headline,
@@ -9,6 +11,7 @@ from offline_chunk.benchmark import (
     markdown_table,
     paper_value,
     parse_task,
+    plan_runs,
     summarize,
 )
 
@@ -60,3 +63,64 @@ def test_summary_means_over_seeds_and_headline_is_last_three():
     assert "| 4,000 | 0.800 (40) n=2 |" in table
     assert "0.000 @0.0M" in table  # the paper at the nearest reference step to 4k updates
     assert "cpql 0.533" in table
+
+
+# --------------------------------------------------------------------------- planning and running runs
+
+
+def test_plan_has_each_seed_of_the_agent_and_of_its_bc_only_ablation(tmp_path):
+    runs = plan_runs(tmp_path / "store.zarr", ["cpql"], None, [0, 1], "quick", tmp_path, [])
+    assert [(r.label, r.seed) for r in runs] == [
+        ("cpql", 0),
+        ("cpql", 1),
+        ("cpql BC-only", 0),
+        ("cpql BC-only", 1),
+    ]
+    agent, ablation = runs[0].cfg, runs[2].cfg
+    assert (agent["agent"]["eta"], agent["agent"]["act"]["candidates"]) == (1.0, 32)
+    # BC-only: no Q term in the actor loss, and one sampled chunk per state (the critic never picks)
+    assert (ablation["agent"]["eta"], ablation["agent"]["act"]["candidates"]) == (0, 1)
+    assert agent["steps"] == 12000 and runs[1].cfg["seed"] == 1
+    assert runs[3].run_dir == tmp_path / "cpql-BC-only-seed1"
+    assert plan_runs(tmp_path / "s.zarr", ["cpql"], 500, [0], "quick", tmp_path, [])[0].cfg["steps"] == 500
+
+
+class FakeTrain:
+    """Stands in for the train subprocess: writes what a finished run leaves, or fails."""
+
+    def __init__(self, run, fail: bool):
+        self.returncode = 1 if fail else 0
+        if not fail:
+            (run.run_dir / "config.yaml").write_text(yaml.safe_dump(run.cfg))
+            (run.run_dir / "checkpoints").mkdir(exist_ok=True)
+            (run.run_dir / "checkpoints" / "final.pt").write_bytes(b"")
+            (run.run_dir / "evaluations.csv").write_text("step,train_seconds,success_rate\n100,5.0,0.5\n")
+
+    def poll(self):
+        return self.returncode
+
+
+def test_run_all_reuses_complete_runs_retrains_changed_ones_and_reports_failures(tmp_path, monkeypatch):
+    launched = []
+
+    def fake_launch(run, threads, quiet):
+        launched.append((run.label, run.seed, threads, quiet))
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        return FakeTrain(run, fail=run.seed == 2)
+
+    monkeypatch.setattr(benchmark, "launch", fake_launch)
+    runs = plan_runs(tmp_path / "s.zarr", ["td3bc"], 100, [0, 1, 2], "quick", tmp_path, [])
+    failed = benchmark.run_all(runs, jobs=2)
+    assert [(r.label, r.seed) for r in failed] == [("td3bc", 2), ("td3bc BC-only", 2)]
+    assert len(launched) == 6 and {quiet for *_, quiet in launched} == {True}
+    assert all(r.is_complete() for r in runs if r.seed != 2)
+
+    launched.clear()
+    changed = plan_runs(tmp_path / "s.zarr", ["td3bc"], 200, [0], "quick", tmp_path, [])
+    again = plan_runs(tmp_path / "s.zarr", ["td3bc"], 100, [0, 1], "quick", tmp_path, [])
+    assert benchmark.run_all(again, jobs=1) == [] and launched == []  # all four complete: nothing trained
+    assert benchmark.run_all(changed, jobs=1) == []
+    assert [(label, seed, quiet) for label, seed, _, quiet in launched] == [
+        ("td3bc", 0, False),
+        ("td3bc BC-only", 0, False),
+    ]  # 200 steps instead of 100: not the same run, trained again

@@ -62,7 +62,7 @@ def test_bench_command_writes_table_and_json(tmp_path, capsys):
 
 
 def test_unknown_config_is_refused():
-    with pytest.raises(ValueError, match="config must be one of default, gpu, matched"):
+    with pytest.raises(ValueError, match="config must be one of default, matched, gpu"):
         speed.bench_config("cpql", "tiny")
 
 
