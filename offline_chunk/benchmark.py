@@ -202,8 +202,10 @@ def launch(run: PlannedRun, threads: int, quiet: bool) -> subprocess.Popen:
     command = [sys.executable, "-m", "offline_chunk", "train", "--config", str(config)]
     if not quiet:
         return subprocess.Popen(command, env=env)
-    with open(run.run_dir / "train.log", "w") as log:
-        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    with open(run.run_dir / "train.log", "w") as log:  # a progress line every 30 s, not every update
+        return subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env={**env, "TQDM_MININTERVAL": "30"}
+        )
 
 
 def run_all(runs: list[PlannedRun], jobs: int) -> list[PlannedRun]:
@@ -251,7 +253,7 @@ def run_benchmark(
     failed = run_all(runs, jobs)
     finished = [run for run in runs if run not in failed]
     evaluations = [e for run in finished for e in read_evaluations(run.run_dir, run.label, run.seed)]
-    report = write_report(summarize(evaluations), reference_task, task, out_dir)
+    report = write_report(summarize(evaluations), reference_task, task, out_dir, run_settings(finished))
     if failed:
         where = [str(run.run_dir / "train.log" if jobs > 1 else run.run_dir) for run in failed]
         raise BenchmarkError(
@@ -260,13 +262,38 @@ def run_benchmark(
     return report
 
 
-def write_report(rows: list[dict], reference_task: str, task: str, out_dir: Path) -> Path:
+def acting(cfg: dict) -> str:
+    """How a run's policy picks the chunk it executes, for the report."""
+    act = cfg["agent"]["act"]
+    if act["candidates"] > 1:
+        return f"best of {act['candidates']} chunks under Q ({act['select']})"
+    if act["select"] in ("argmax", "softmax"):  # a selection rule over one candidate selects nothing
+        return "one sampled chunk, no Q"
+    return f"the actor's chunk ({act['select']}), no Q"
+
+
+def run_settings(runs: list[PlannedRun]) -> str:
+    """One line per label: preset, store, updates, seeds and how it acts, so a table says what it measured."""
+    lines = []
+    for label in dict.fromkeys(run.label for run in runs):
+        mine = [run for run in runs if run.label == label]
+        cfg = mine[0].cfg
+        seeds = ",".join(str(run.seed) for run in mine)
+        lines.append(
+            f"- {label}: preset {cfg['preset']}, {cfg['steps']:,} updates, batch {cfg['batch_size']}, "
+            f"H = {cfg['horizon']}, seeds {seeds}, store {cfg['dataset']}; acts by {acting(cfg)}"
+        )
+    return "\n".join(lines)
+
+
+def write_report(rows: list[dict], reference_task: str, task: str, out_dir: Path, settings: str = "") -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / "benchmark.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["label", "step", "seeds", "success", "wall_s"])
         writer.writeheader()
         writer.writerows(rows)
     report = out_dir / "benchmark.md"
-    report.write_text(f"# {task}\n\n{markdown_table(rows, reference_task, load_reference())}\n")
+    table = markdown_table(rows, reference_task, load_reference())
+    report.write_text(f"# {task}\n\n{table}\n\n{settings}\n")
     print(report.read_text())
     return report
