@@ -173,14 +173,22 @@ class PlannedRun:
 
 
 def plan_runs(
-    store: Path, agents: list[str], steps: int | None, seeds: list[int], preset: str, out_dir: Path, overrides
+    store: Path,
+    agents: list[str],
+    steps: int | None,
+    seeds: list[int],
+    preset: str,
+    out_dir: Path,
+    overrides,
+    ablation: bool = True,
 ) -> list[PlannedRun]:
     """Every (agent or its BC-only ablation, seed) with its resolved configuration."""
     from offline_chunk.config import load_config
 
     runs = []
     for agent in agents:
-        for label, extra in ((agent, []), (f"{agent} BC-only", BC_ONLY[agent])):
+        variants = [(agent, [])] + ([(f"{agent} BC-only", BC_ONLY[agent])] if ablation else [])
+        for label, extra in variants:
             for seed in seeds:
                 run_dir = out_dir / f"{label.replace(' ', '-')}-seed{seed}"
                 named = [f"dataset={store}", f"seed={seed}", f"run_dir={run_dir}"]
@@ -243,13 +251,14 @@ def run_benchmark(
     out_dir: Path,
     overrides: list[str] = (),
     jobs: int = 1,
+    ablation: bool = True,
 ) -> Path:
     """Train and evaluate every (agent, seed) and its BC-only ablation, `jobs` runs at a time, reusing runs
     that completed earlier with the same configuration; write benchmark.md and .csv from the runs that
     finished (a failed run is named in the error raised after the report, its log kept)."""
     reference_task, reward = parse_task(task)
     store = ensure_store(task, PRESETS[preset]["episodes"], reward)
-    runs = plan_runs(store, agents, steps, seeds, preset, out_dir, overrides)
+    runs = plan_runs(store, agents, steps, seeds, preset, out_dir, overrides, ablation)
     failed = run_all(runs, jobs)
     finished = [run for run in runs if run not in failed]
     evaluations = [e for run in finished for e in read_evaluations(run.run_dir, run.label, run.seed)]

@@ -104,6 +104,7 @@ def cmd_benchmark(args) -> None:
         Path(args.out),
         args.overrides,
         args.jobs,
+        args.ablation,
     )
 
 
@@ -175,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--preset", default="quick", choices=["quick", "paper"])
     bench.add_argument("--out", default="runs/benchmark")
     bench.add_argument("--jobs", type=int, default=1, help="runs trained at once (the cores are shared)")
+    bench.add_argument(
+        "--ablation", action=argparse.BooleanOptionalAction, default=True, help="the BC-only runs"
+    )
     bench.add_argument("overrides", nargs="*", metavar="key=value")
     bench.set_defaults(handler=cmd_benchmark)
 

@@ -83,6 +83,8 @@ def test_plan_has_each_seed_of_the_agent_and_of_its_bc_only_ablation(tmp_path):
     assert agent["steps"] == 12000 and runs[1].cfg["seed"] == 1
     assert runs[3].run_dir == tmp_path / "cpql-BC-only-seed1"
     assert plan_runs(tmp_path / "s.zarr", ["cpql"], 500, [0], "quick", tmp_path, [])[0].cfg["steps"] == 500
+    alone = plan_runs(tmp_path / "s.zarr", ["cpql"], None, [0, 1], "quick", tmp_path, [], ablation=False)
+    assert [(r.label, r.seed) for r in alone] == [("cpql", 0), ("cpql", 1)]
     settings = benchmark.run_settings(runs).splitlines()
     assert settings[0].startswith("- cpql: preset quick, 12,000 updates, batch 256, H = 5, seeds 0,1")
     assert settings[0].endswith("acts by best of 32 chunks under Q (argmax)")
