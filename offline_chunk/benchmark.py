@@ -277,8 +277,8 @@ def acting(cfg: dict) -> str:
     if act["candidates"] > 1:
         return f"best of {act['candidates']} chunks under Q ({act['select']})"
     if act["select"] in ("argmax", "softmax"):  # a selection rule over one candidate selects nothing
-        return "one sampled chunk, no Q"
-    return f"the actor's chunk ({act['select']}), no Q"
+        return "one sampled chunk (no choice by Q)"
+    return f"the actor's chunk ({act['select']}; no choice by Q)"
 
 
 def run_settings(runs: list[PlannedRun]) -> str:

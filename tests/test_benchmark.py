@@ -88,7 +88,7 @@ def test_plan_has_each_seed_of_the_agent_and_of_its_bc_only_ablation(tmp_path):
     settings = benchmark.run_settings(runs).splitlines()
     assert settings[0].startswith("- cpql: preset quick, 12,000 updates, batch 256, H = 5, seeds 0,1")
     assert settings[0].endswith("acts by best of 32 chunks under Q (argmax)")
-    assert settings[1].endswith("acts by one sampled chunk, no Q")
+    assert settings[1].endswith("acts by one sampled chunk (no choice by Q)")
 
 
 class FakeTrain:
