@@ -204,7 +204,7 @@ def launch(run: PlannedRun, threads: int, quiet: bool) -> subprocess.Popen:
     intra-op threads; quiet runs write their output to <run>/train.log instead of the terminal."""
     shutil.rmtree(run.run_dir, ignore_errors=True)  # an unfinished earlier attempt starts over
     run.run_dir.mkdir(parents=True)
-    config = run.run_dir / "benchmark_config.yaml"
+    config = run.run_dir / "config.yaml"  # what `train` saves of a run, written here first as its input
     config.write_text(yaml.safe_dump(run.cfg, sort_keys=False))
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     command = [sys.executable, "-m", "offline_chunk", "train", "--config", str(config)]
