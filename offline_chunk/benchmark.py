@@ -27,10 +27,12 @@ from offline_chunk.errors import BenchmarkError
 REFERENCE_CSV = Path(__file__).resolve().parents[1] / "benchmarks" / "reference" / "qc_ogbench_offline.csv"
 PAPER_METHODS = ("QC", "FQL", "BFN")
 # The behaviour-cloning-only ablation of each agent: its Q-driven actor term switched off, and acting without
-# the critic (one sampled chunk instead of the best of N under Q), so no number in its column uses Q.
+# the critic (one sampled chunk instead of the best of N under Q), so no number in its column uses Q. Its
+# unused critic keeps the plain Bellman target, whatever target the agent's preset sets.
+NO_Q = ["agent.eta=0", "agent.act.candidates=1", "agent.target_lower_bound=none"]
 BC_ONLY = {
-    "dql": ["agent.eta=0", "agent.act.candidates=1"],
-    "cpql": ["agent.eta=0", "agent.act.candidates=1"],
+    "dql": NO_Q,
+    "cpql": NO_Q,
     "chunk_sac": ["agent.sac_weight=0"],
     "td3bc": ["agent.alpha=0"],
 }
@@ -281,6 +283,15 @@ def acting(cfg: dict) -> str:
     return f"the actor's chunk ({act['select']}; no choice by Q)"
 
 
+def learning(cfg: dict) -> str:
+    """The actor's Q weight (diffusion agents) and the critic target, for the report."""
+    agent = cfg["agent"]
+    parts = [f"eta = {agent['eta']:g}"] if "eta" in agent else []
+    bound = agent["target_lower_bound"] == "monte_carlo"
+    parts.append("targets raised to the recorded return" if bound else "plain Bellman targets")
+    return ", ".join(parts)
+
+
 def run_settings(runs: list[PlannedRun]) -> str:
     """One line per label: preset, store, updates, seeds and how it acts, so a table says what it measured."""
     lines = []
@@ -290,7 +301,8 @@ def run_settings(runs: list[PlannedRun]) -> str:
         seeds = ",".join(str(run.seed) for run in mine)
         lines.append(
             f"- {label}: preset {cfg['preset']}, {cfg['steps']:,} updates, batch {cfg['batch_size']}, "
-            f"H = {cfg['horizon']}, seeds {seeds}, store {cfg['dataset']}; acts by {acting(cfg)}"
+            f"H = {cfg['horizon']}, seeds {seeds}, store {cfg['dataset']}; {learning(cfg)}; "
+            f"acts by {acting(cfg)}"
         )
     return "\n".join(lines)
 

@@ -20,7 +20,9 @@ from offline_chunk.data.normalize import Normalizer
 from offline_chunk.errors import CheckpointError
 
 FORMAT = "offline_chunk.checkpoint"
-VERSION = 1
+VERSION = 2
+# Agent config keys added in a checkpoint version, with the values that reproduce what older versions did.
+ADDED_AGENT_KEYS = {2: {"target_lower_bound": "none"}}
 
 
 def rng_state(sampler_generator: torch.Generator | None) -> dict:
@@ -84,7 +86,15 @@ def read_checkpoint(path) -> dict:
             f"{path}: checkpoint version {payload['version']} is newer than this "
             f"offline_chunk understands ({VERSION}); upgrade offline_chunk"
         )
-    return payload
+    return upgraded(payload)
+
+
+def upgraded(payload: dict) -> dict:
+    """A payload of an older version with the agent config keys added since then (ADDED_AGENT_KEYS)."""
+    for version, keys in ADDED_AGENT_KEYS.items():
+        if payload.get("version", 0) < version:
+            payload["config"]["agent"] = {**keys, **payload["config"]["agent"]}
+    return {**payload, "version": VERSION}
 
 
 def agent_from_payload(payload: dict, device) -> ChunkAgent:

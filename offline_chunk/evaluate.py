@@ -3,7 +3,9 @@ rate with a Wilson interval, returns and episode lengths; a JSON summary, a CSV 
 
 Protocol (Q-chunking, Li, Zhou & Levine 2025, on OGBench): 50 episodes, each chunk executed open loop
 (all H actions, `execute` to change it), success = OGBench's `info["success"]` at the episode's end (the
-single-task environments terminate at the goal; the time limit truncates).
+single-task environments terminate at the goal; the time limit truncates). Beside it, the simulator's own
+reward at the last step (`final_reward`): in OGBench's manipulation tasks, minus the number of subtasks
+(objects, buttons, lights) left unsolved, so partial progress shows where success is still 0.
 
 Episodes run in `workers` processes (gymnasium's AsyncVectorEnv, one environment each), stepped in lockstep.
 Each environment has a ChunkExecutor; all environments that need a chunk at the same step are planned in
@@ -59,6 +61,7 @@ class Episode:
     success: bool
     episode_return: float
     length: int
+    final_reward: float  # the simulator's own reward at the last step (OGBench: −subtasks unsolved)
 
 
 # --------------------------------------------------------------------------- statistics
@@ -94,6 +97,7 @@ def mean_interval(values: np.ndarray, z: float = Z95) -> tuple[float | None, flo
 def summarize(episodes: list[Episode]) -> dict:
     successes = sum(e.success for e in episodes)
     returns = np.array([e.episode_return for e in episodes])
+    final_rewards = np.array([e.final_reward for e in episodes])
     lengths = np.array([e.length for e in episodes])
     return {
         "success_rate": successes / len(episodes),
@@ -102,6 +106,8 @@ def summarize(episodes: list[Episode]) -> dict:
         "return_mean": float(returns.mean()),
         "return_ci95": mean_interval(returns),
         "return_ci_method": "normal approximation: mean ± 1.96 s/sqrt(n)",
+        "final_reward_mean": float(final_rewards.mean()),
+        "final_reward_ci95": mean_interval(final_rewards),
         "length_mean": float(lengths.mean()),
         "length_min": int(lengths.min()),
         "length_max": int(lengths.max()),
@@ -125,6 +131,7 @@ class Rollouts:
         self.executors = [ChunkExecutor(obs_horizon, execute) for _ in range(n)]
         self.episode_of = np.full(n, -1)  # the episode each environment runs; -1: idle
         self.returns, self.lengths = np.zeros(n), np.zeros(n, np.int64)
+        self.env_reward = np.zeros(n)  # the simulator's own reward at the latest step
         self.next_episode = 0
         space = envs.single_action_space
         self.idle_action = np.zeros(space.shape, space.dtype)
@@ -180,8 +187,8 @@ class Rollouts:
                 for ex, run in zip(self.executors, running, strict=True)
             ]
         )
-        obs, reward, terminated, truncated, self.info = self.envs.step(actions)
-        reward = reward if self.reward_fn is None else self.reward_fn(reward)
+        obs, self.env_reward, terminated, truncated, self.info = self.envs.step(actions)
+        reward = self.env_reward if self.reward_fn is None else self.reward_fn(self.env_reward)
         self.returns[running] += reward[running]
         self.lengths[running] += 1
         done = running & (terminated | truncated)
@@ -193,7 +200,14 @@ class Rollouts:
     def finish(self, k: int) -> Episode:
         episode = int(self.episode_of[k])
         success = bool(self.info["success"][k])
-        return Episode(episode, self.seed + episode, success, float(self.returns[k]), int(self.lengths[k]))
+        return Episode(
+            episode,
+            self.seed + episode,
+            success,
+            float(self.returns[k]),
+            int(self.lengths[k]),
+            float(self.env_reward[k]),
+        )
 
     def record_frames(self, candidates: np.ndarray) -> None:
         wanted = candidates & (self.episode_of >= 0) & (self.episode_of < self.render)
@@ -373,7 +387,8 @@ def evaluate(
     progress: bool = True,
 ) -> dict:
     """Roll a checkpoint's agent out in its store's simulator; write `<stem>_eval.json` (the returned summary)
-    and `<stem>_eval.csv` (episode, seed, success, return, length) next to the checkpoint or in `out`.
+    and `<stem>_eval.csv` (episode, seed, success, return, length, final reward) next to the checkpoint or in
+    `out`.
 
     execute: actions of each chunk run before re-planning (default H, open loop; k < H: receding horizon).
     candidates: overrides the agent's `act.candidates` (1: no best-of-N selection by Q).
@@ -404,9 +419,10 @@ def write_atomic(path: Path, write) -> Path:
 def write_csv(path: Path, episodes: list[Episode]) -> None:
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["episode", "seed", "success", "return", "length"])
+        writer.writerow(["episode", "seed", "success", "return", "length", "final_reward"])
         for e in episodes:
-            writer.writerow([e.episode, e.seed, int(e.success), repr(e.episode_return), e.length])
+            row = [e.episode, e.seed, int(e.success), repr(e.episode_return), e.length, repr(e.final_reward)]
+            writer.writerow(row)
 
 
 def write_gif(path: Path, frames: list[np.ndarray]) -> None:
@@ -432,16 +448,21 @@ def write_outputs(report: dict, episodes: list[Episode], frames: dict, checkpoin
     return report
 
 
+def interval(bounds: tuple[float | None, float | None]) -> str:
+    low, high = bounds
+    return f" [{low:.4g}, {high:.4g}] (95% normal approx.)" if low is not None else ""
+
+
 def format_summary(report: dict) -> str:
     low, high, episodes = *report["success_ci95"], report["episodes"]
-    ret_low, ret_high = report["return_ci95"]
-    return_ci = f" [{ret_low:.4g}, {ret_high:.4g}] (95% normal approx.)" if ret_low is not None else ""
+    return_ci, final_ci = (interval(report[key]) for key in ("return_ci95", "final_reward_ci95"))
     choice = f", candidates {report['candidates']} ({report['select']})" if report["candidates"] else ""
     lines = [
         f"eval {Path(report['checkpoint']).name} (step {report['checkpoint_step']}) on {report['env_id']}: "
         f"execute {report['execute']} of H={report['horizon']}{choice}, seed {report['seed']}",
         f"success {report['success_rate']:.2f} [{low:.2f}, {high:.2f}] (95% Wilson, {episodes} episodes)",
         f"return {report['return_mean']:.4g}{return_ci}",
+        f"final reward {report['final_reward_mean']:.4g}{final_ci} (the simulator's own, at the last step)",
         f"length mean {report['length_mean']:.1f}, min {report['length_min']}, max {report['length_max']}",
         f"speed {report['env_steps']} env steps in {report['wall_time_s']:.1f} s "
         f"({report['env_steps_per_s']:.1f} steps/s, {report['workers']} workers)",

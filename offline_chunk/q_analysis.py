@@ -27,6 +27,7 @@ import torch
 from offline_chunk.agents import ChunkAgent
 from offline_chunk.checkpoint import agent_from_payload, pick_device, read_checkpoint
 from offline_chunk.data.dataset import OfflineRLDataset, gather_chunks
+from offline_chunk.data.returns import monte_carlo_returns, unseen_tail_weights
 from offline_chunk.data.store import StepData
 
 # A row's return is flagged when its unseen tail weighs more than 1/e, i.e. when the truncated end lies
@@ -66,58 +67,6 @@ class QOnDemos:
 
     def __len__(self) -> int:
         return len(self.row)
-
-
-# --------------------------------------------------------------------------- Monte-Carlo returns
-
-
-def reverse_linear_scan(x: np.ndarray, coef: np.ndarray) -> np.ndarray:
-    """y_t = x_t + coef_t · y_{t+1} for every t at once (y_N = 0), in float64.
-
-    A Hillis–Steele scan in ⌈log2 N⌉ whole-array steps: after the step with offset s, y[t] holds the sum
-    over the window [t, t + 2s) and c[t] the product of coef over that window, so the window starting at
-    t + s is joined by y[t] += c[t] · y[t + s]. A zero in coef cuts the sum exactly (a segment reset)."""
-    y = np.array(x, dtype=np.float64)
-    c = np.array(coef, dtype=np.float64)
-    offset = 1
-    while offset < len(y):
-        y[:-offset] += c[:-offset] * y[offset:]
-        c[:-offset] = c[:-offset] * c[offset:]
-        offset *= 2
-    return y
-
-
-def _continuation(terminal: np.ndarray, last_row: np.ndarray, gamma: float) -> np.ndarray:
-    """γ where the return from t continues into t + 1, 0 after a terminal or an episode's last row."""
-    return np.where(terminal | last_row, 0.0, float(gamma))
-
-
-def _last_rows(episode_ends: np.ndarray, num_rows: int) -> np.ndarray:
-    last_row = np.zeros(num_rows, bool)
-    last_row[np.asarray(episode_ends) - 1] = True
-    return last_row
-
-
-def monte_carlo_returns(
-    reward: np.ndarray, terminal: np.ndarray, episode_ends: np.ndarray, gamma: float
-) -> np.ndarray:
-    """G_t = r_t + γ G_{t+1} with G_{t+1} = 0 after a terminal row or an episode's last row, every row."""
-    terminal = np.asarray(terminal, bool)
-    continuation = _continuation(terminal, _last_rows(episode_ends, len(reward)), gamma)
-    return reverse_linear_scan(reward, continuation)
-
-
-def unseen_tail_weights(terminal: np.ndarray, episode_ends: np.ndarray, gamma: float) -> np.ndarray:
-    """γ^{e−t} where the return from t runs into a truncated end e (no terminal in [t, e)), else 0.
-
-    This is the return of a reward γ received at the last row of each truncated episode (standing for the
-    unseen V(s_e), discounted one step), so it uses the same scan and the same resets as G."""
-    terminal = np.asarray(terminal, bool)
-    last_row = _last_rows(episode_ends, len(terminal))
-    truncated_end = last_row & ~terminal
-    return reverse_linear_scan(
-        np.where(truncated_end, float(gamma), 0.0), _continuation(terminal, last_row, gamma)
-    )
 
 
 # --------------------------------------------------------------------------- Q along the demonstrations

@@ -33,6 +33,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
 from offline_chunk.agents import ChunkAgent, Dims, make_agent
+from offline_chunk.agents.targets import batch_fields
 from offline_chunk.checkpoint import pick_device
 from offline_chunk.config import load_config
 from offline_chunk.data.dataset import ChunkSampler, OfflineRLDataset
@@ -105,9 +106,7 @@ def bench_setup(
     normalizer = Normalizer.from_data(dataset.data)
     built = make_agent(agent, dims, cfg["agent"], normalizer, total_steps=10**6).to(torch_device)
     built.configure_execution(cfg["compile"], cfg["precision"])
-    sampler = dataset.sampler(
-        batch_size, device=torch_device, seed=0, next_actions=cfg["agent"]["backup"] == "sarsa"
-    )
+    sampler = dataset.sampler(batch_size, device=torch_device, seed=0, **batch_fields(cfg["agent"]))
     return BenchSetup(built, sampler, torch_device, cfg)
 
 

@@ -19,6 +19,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from offline_chunk.agents import ChunkAgent, Dims, make_agent
+from offline_chunk.agents.targets import batch_fields
 from offline_chunk.checkpoint import (
     agent_from_payload,
     pick_device,
@@ -64,7 +65,7 @@ def build_run(cfg: dict, resume: dict | None = None) -> Run:
         cfg["dataset"], cfg["horizon"], cfg["obs_horizon"], cfg["gamma"], cfg["drop_partial"]
     )
     sampler = dataset.sampler(
-        cfg["batch_size"], device=device, seed=cfg["seed"], next_actions=cfg["agent"]["backup"] == "sarsa"
+        cfg["batch_size"], device=device, seed=cfg["seed"], **batch_fields(cfg["agent"])
     )
     if resume is None:
         dims = Dims(dataset.obs_dim, cfg["obs_horizon"], dataset.action_dim, cfg["horizon"])
@@ -159,6 +160,7 @@ def evaluate_in_training(run: Run, writer: SummaryWriter, checkpoint: Path, trai
         ("success_ci95_low", low),
         ("success_ci95_high", high),
         ("return_mean", report["return_mean"]),
+        ("final_reward_mean", report["final_reward_mean"]),
     ):
         writer.add_scalar(f"eval/{key}", value, run.step)
     path = run.run_dir / "evaluations.csv"

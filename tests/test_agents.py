@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from offline_chunk import load_agent
-from offline_chunk.agents.targets import backup_value, chunk_target, critic_loss, lerp_parameters_
+from offline_chunk.agents.targets import (
+    backup_value,
+    chunk_target,
+    critic_loss,
+    lerp_parameters_,
+    lower_bounded,
+)
 from offline_chunk.checkpoint import read_checkpoint
 from offline_chunk.cli import main
 from offline_chunk.config import load_config
@@ -75,6 +81,13 @@ def test_chunk_targets_by_hand(backup, next_value):
     # y = R + (1 - d) γ^τ V: the done row keeps only its reward.
     expected = [1 + 0.9 * next_value[0], 2.0, 3 + 0.5 * next_value[2]]
     np.testing.assert_allclose(y.numpy(), expected, rtol=1e-6)
+
+
+def test_monte_carlo_lower_bound_lifts_only_targets_below_the_recorded_return():
+    batch = {**hand_batch(), "return_lower_bound": torch.tensor([5.0, 0.0, -100.0])}
+    y = chunk_target(batch, torch.tensor([4.0, 1.0, 8.0]))  # [1 + 0.9·4, 2, 3 + 0.5·8] = [4.6, 2, 7]
+    np.testing.assert_allclose(lower_bounded(y, batch, "monte_carlo").numpy(), [5.0, 2.0, 7.0], rtol=1e-6)
+    np.testing.assert_allclose(lower_bounded(y, batch, "none").numpy(), [4.6, 2.0, 7.0], rtol=1e-6)
 
 
 def test_critic_loss_is_mse_summed_over_critics():
@@ -170,6 +183,44 @@ def test_sarsa_critic_converges_to_monte_carlo_chunk_values(tmp_path):
     np.testing.assert_allclose(q, monte_carlo_values(length, gamma), atol=0.15)
 
 
+@pytest.mark.parametrize("bound", ["none", "monte_carlo"])
+def test_return_bound_carries_the_recorded_return_without_target_iterations(tmp_path, bound):
+    """Frozen target critics (no Polyak update ever) back up only their initial values, so the critic can
+    learn the chain's Monte-Carlo values only through the recorded-return lower bound."""
+    torch.manual_seed(0)
+    length = 8
+    store = chain_store(tmp_path / "chain.zarr", length=length, reward_scale=10.0)
+    cfg = tiny_config(
+        "cpql",
+        store,
+        tmp_path / "run",
+        "agent.lr=0.003",
+        "agent.target_start=1000000",
+        f"agent.target_lower_bound={bound}",
+    )
+    run = build_run(cfg)
+    agent = run.agent
+    for _ in range(600):
+        agent.update_critic(*agent.normalized(batch := run.sampler.sample()), batch)
+    data = run.dataset.data
+    rows = np.arange(length)
+    obs = torch.as_tensor(data.obs[rows])[:, None]
+    chunks = torch.as_tensor(data.action[np.minimum(rows[:, None] + np.arange(2), length - 1)])
+    q = agent.q_value(obs, chunks, reduce="mean").numpy()
+    mc = 10.0 * monte_carlo_values(length, 0.9)  # the chain's rewards are positive: G > R^(τ) everywhere
+    if bound == "monte_carlo":
+        np.testing.assert_allclose(q, mc, atol=1.0)
+    else:  # the first rows' values stay far below their return (by ~γ² G_{t+2})
+        assert np.all(q[:4] < mc[:4] - 10.0)
+
+
+def test_chunk_sac_refuses_the_return_bound(tmp_path):
+    store = chain_store(tmp_path / "chain.zarr")
+    cfg = tiny_config("chunk_sac", store, tmp_path / "run", "agent.target_lower_bound=monte_carlo")
+    with pytest.raises(ValueError, match="target_lower_bound must be one of"):
+        build_run(cfg)
+
+
 # --------------------------------------------------------------------------- training runs
 
 
@@ -244,6 +295,18 @@ def test_resume_is_bit_identical(tmp_path):
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_a_version_1_checkpoint_loads_with_the_keys_it_predates(tmp_path):
+    """Version 1 predates `target_lower_bound`; its agents trained with the plain target ('none')."""
+    store = chain_store(tmp_path / "chain.zarr")
+    path = train(tiny_config("cpql", store, tmp_path / "run", "steps=3"))
+    payload = torch.load(path, weights_only=True)
+    assert payload["version"] == 2
+    del payload["config"]["agent"]["target_lower_bound"]
+    torch.save({**payload, "version": 1}, tmp_path / "v1.pt")
+    assert load_agent(tmp_path / "v1.pt").cfg["target_lower_bound"] == "none"
+    assert read_checkpoint(tmp_path / "v1.pt")["version"] == 2
 
 
 def test_bad_checkpoints_are_refused(tmp_path):

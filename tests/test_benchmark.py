@@ -77,9 +77,13 @@ def test_plan_has_each_seed_of_the_agent_and_of_its_bc_only_ablation(tmp_path):
         ("cpql BC-only", 1),
     ]
     agent, ablation = runs[0].cfg, runs[2].cfg
-    assert (agent["agent"]["eta"], agent["agent"]["act"]["candidates"]) == (1.0, 32)
-    # BC-only: no Q term in the actor loss, and one sampled chunk per state (the critic never picks)
+    # the quick preset's QC mode: the BC generator (eta = 0) with the best of 32 chunks under Q
+    assert (agent["agent"]["eta"], agent["agent"]["act"]["candidates"]) == (0, 32)
+    assert agent["agent"]["target_lower_bound"] == "monte_carlo"
+    # BC-only: no Q term in the actor loss, and one sampled chunk per state (the critic never picks); the
+    # unused critic's target is the plain one
     assert (ablation["agent"]["eta"], ablation["agent"]["act"]["candidates"]) == (0, 1)
+    assert ablation["agent"]["target_lower_bound"] == "none"
     assert agent["steps"] == 12000 and runs[1].cfg["seed"] == 1
     assert runs[3].run_dir == tmp_path / "cpql-BC-only-seed1"
     assert plan_runs(tmp_path / "s.zarr", ["cpql"], 500, [0], "quick", tmp_path, [])[0].cfg["steps"] == 500
@@ -87,8 +91,12 @@ def test_plan_has_each_seed_of_the_agent_and_of_its_bc_only_ablation(tmp_path):
     assert [(r.label, r.seed) for r in alone] == [("cpql", 0), ("cpql", 1)]
     settings = benchmark.run_settings(runs).splitlines()
     assert settings[0].startswith("- cpql: preset quick, 12,000 updates, batch 256, H = 5, seeds 0,1")
-    assert settings[0].endswith("acts by best of 32 chunks under Q (argmax)")
-    assert settings[1].endswith("acts by one sampled chunk (no choice by Q)")
+    assert settings[0].endswith(
+        "; eta = 0, targets raised to the recorded return; acts by best of 32 chunks under Q (argmax)"
+    )
+    assert settings[1].endswith(
+        "; eta = 0, plain Bellman targets; acts by one sampled chunk (no choice by Q)"
+    )
 
 
 class FakeTrain:

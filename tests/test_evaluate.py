@@ -106,8 +106,9 @@ def test_mean_interval_is_normal_approximation():
 
 class CountingEnv(gymnasium.Env):
     """An episode reset with seed s lasts 3 + s % 5 steps and ends terminated (success) for even s, truncated
-    for odd s. The observation is (s, t). A running episode checks that each action it receives is the one
-    planned for it, (s, t): an action lost to an autoreset, or meant for another episode, fails the step.
+    for odd s. The observation is (s, t); the reward of step t (from 1) is t. A running episode checks that
+    each action it receives is the one planned for it, (s, t): an action lost to an autoreset, or meant for
+    another episode, fails the step.
     Stepping a finished episode (an idle worker) is allowed and changes nothing."""
 
     observation_space = gymnasium.spaces.Box(-np.inf, np.inf, (2,), np.float64)
@@ -134,7 +135,7 @@ class CountingEnv(gymnasium.Env):
         self.t += 1
         ended = self.t == self.length()
         success = ended and self.episode_seed % 2 == 0
-        return self.obs(), 1.0, success, ended and not success, {"success": success}
+        return self.obs(), float(self.t), success, ended and not success, {"success": success}
 
 
 @pytest.mark.parametrize("execute", [5, 2])
@@ -159,7 +160,9 @@ def test_rollouts_seed_every_episode_lose_no_action_and_batch_planning(execute):
     assert [r.episode for r in results] == list(range(episodes))
     assert [r.seed for r in results] == list(range(seed, seed + episodes))
     assert [r.length for r in results] == lengths
-    assert [r.episode_return for r in results] == [float(n) for n in lengths]
+    assert [r.episode_return for r in results] == [n * (n + 1) / 2 for n in lengths]  # 1 + 2 + ... + L
+    # the last step's reward, not one of an idle worker's steps after the end
+    assert [r.final_reward for r in results] == [float(n) for n in lengths]
     assert [r.success for r in results] == [s % 2 == 0 for s in range(seed, seed + episodes)]
     # Each chunk runs `execute` steps unless the episode ends first: ceil(L / execute) plans per episode.
     assert sum(batch_sizes) == sum(-(-n // execute) for n in lengths)
@@ -198,6 +201,11 @@ def check_outputs(report: dict, episodes: int, max_steps: int) -> None:
     assert all(row["success"] in ("0", "1") and 1 <= int(row["length"]) <= max_steps for row in rows)
     assert [int(row["seed"]) for row in rows] == [summary["seed"] + i for i in range(episodes)]
     assert summary["env_steps"] == sum(int(row["length"]) for row in rows)
+    # Scene's own reward: minus the subtasks (1 cube, 2 buttons, drawer, window) unsolved; 0 on success.
+    final = [float(row["final_reward"]) for row in rows]
+    assert all(-5 <= r <= 0 for r in final)
+    assert all(r == 0 for r, row in zip(final, rows, strict=True) if row["success"] == "1")
+    assert summary["final_reward_mean"] == pytest.approx(np.mean(final))
 
 
 def test_evaluate_untrained_agent_end_to_end(untrained_checkpoint, tmp_path):

@@ -14,8 +14,10 @@ from nbclient import NotebookClient
 from test_agents import tiny_config
 
 from offline_chunk import load_agent
+from offline_chunk.data.chunks import build_chunk_index
+from offline_chunk.data.returns import monte_carlo_returns, return_lower_bounds, unseen_tail_weights
 from offline_chunk.data.store import StepData, write_store
-from offline_chunk.q_analysis import monte_carlo_returns, q_on_demos, summarize, unseen_tail_weights
+from offline_chunk.q_analysis import q_on_demos, summarize
 from offline_chunk.train import train
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "evaluate_q_on_demos.ipynb"
@@ -92,6 +94,21 @@ def test_returns_and_tail_weights_match_a_plain_loop_on_random_episodes():
         begin = end
     np.testing.assert_allclose(monte_carlo_returns(reward, terminal, episode_ends, GAMMA), expected_return)
     np.testing.assert_allclose(unseen_tail_weights(terminal, episode_ends, GAMMA), expected_tail)
+
+
+def test_return_lower_bounds_value_a_truncated_tail_as_the_worst_reward_forever():
+    terminal = np.isin(ROWS, TERMINAL_ROWS)
+    # The store's worst reward is −1: the unseen tail of episode 1 is worth γ^(e−t) · (−1) / (1 − 0.9).
+    expected = np.array(EXPECTED_RETURN + [3.0]) + np.array(EXPECTED_TAIL + [0.9]) * -10.0
+    bounds = return_lower_bounds(REWARD, terminal, EPISODE_ENDS, GAMMA)
+    np.testing.assert_allclose(bounds, expected, rtol=1e-6)
+    # The chunk index carries the bound of each start row (H = 2 drops row 9, whose chunk is partial).
+    index = build_chunk_index(np.array(REWARD), terminal, np.array(EPISODE_ENDS), 2, GAMMA)
+    np.testing.assert_allclose(index.return_lower_bound, expected[index.start], rtol=1e-6)
+    # With γ = 1 an unseen tail has no finite bound.
+    undiscounted = return_lower_bounds(REWARD, terminal, EPISODE_ENDS, 1.0)
+    np.testing.assert_allclose(undiscounted[:6], [6.0, 5.0, 3.0, 15.0, 11.0, 6.0])
+    assert np.all(undiscounted[6:] == -np.inf)
 
 
 def test_q_is_the_agents_value_of_the_recorded_chunk(tiny_run):

@@ -20,11 +20,13 @@ from torch import nn
 
 from offline_chunk.agents.targets import (
     BACKUPS,
+    LOWER_BOUNDS,
     backup_value,
     candidates_for,
     chunk_target,
     critic_loss,
     lerp_parameters_,
+    lower_bounded,
 )
 from offline_chunk.data.normalize import Normalizer
 from offline_chunk.execution import CompiledWithFallback, autocast_context, compile_enabled
@@ -52,11 +54,17 @@ class ChunkAgent(nn.Module):
     Subclasses provide `next_state_value`, `actor_loss` and `choose_chunk`."""
 
     backups = BACKUPS  # the `backup` values the agent's next_state_value implements
+    lower_bounds = LOWER_BOUNDS  # the `target_lower_bound` values its critic target allows
 
     def __init__(self, dims: Dims, cfg: dict, normalizer: Normalizer, total_steps: int):
         super().__init__()
         if cfg["backup"] not in self.backups:
             raise ValueError(f"{self.name}: backup must be one of {self.backups}, got {cfg['backup']!r}")
+        if cfg["target_lower_bound"] not in self.lower_bounds:
+            raise ValueError(
+                f"{self.name}: target_lower_bound must be one of {self.lower_bounds}, "
+                f"got {cfg['target_lower_bound']!r}"
+            )
         self.dims, self.cfg = dims, cfg
         self.normalizer = normalizer
         self.actor = make_policy(**cfg["policy"], **asdict(dims))
@@ -141,7 +149,8 @@ class ChunkAgent(nn.Module):
         with self.autocast():
             next_value = self.next_state_value(next_obs, batch).float()
             q = self.critic(obs, self.critic_view(actions)).float()  # (K, B)
-        target = chunk_target(batch, next_value)
+        bellman = chunk_target(batch, next_value)
+        target = lower_bounded(bellman, batch, self.cfg["target_lower_bound"])
         loss = critic_loss(q, target)
         return loss, {
             "critic/loss": loss.detach(),
@@ -150,6 +159,7 @@ class ChunkAgent(nn.Module):
             "critic/q_max": q.detach().max(),
             "critic/q_abs_max": q.detach().abs().max(),
             "critic/target_q": target.mean(),
+            "critic/target_raised": (target > bellman).float().mean(),  # share lifted by the lower bound
         }
 
     def update_actor(self, obs, actions, action_mask) -> dict[str, torch.Tensor]:

@@ -61,6 +61,7 @@ def score_steps(q_steps: torch.Tensor, strategy: str, decay: float) -> torch.Ten
 class ChunkSACAgent(ChunkAgent):
     name = "chunk_sac"
     backups = ("min", "mean")  # one sampled next chunk per state
+    lower_bounds = ("none",)  # a soft Q adds entropy bonuses the recorded return does not bound
 
     def __init__(self, dims: Dims, cfg: dict, normalizer: Normalizer, total_steps: int):
         check_option("critic_input", cfg["critic_input"], CRITIC_INPUTS)

@@ -9,6 +9,9 @@ with V the backup of the target critics at the next state over candidate next ch
     double    min_k Q_k^targ(s′, a′_j*),                     Double DQN (van Hasselt et al. 2016):
               j* = argmax_j min_k Q_k(s′, a′_j)              chosen online, valued by the targets
     sarsa     min_k Q_k^targ(s′, a′_data)                    the data's own next chunk: policy evaluation
+
+`target_lower_bound: monte_carlo` raises the target to the recorded return from t (MCAC, Wilcox et al. 2022;
+data/returns.py): y ← max(y, L_t).
 """
 
 from __future__ import annotations
@@ -16,6 +19,15 @@ from __future__ import annotations
 import torch
 
 BACKUPS = ("min", "mean", "max_of_n", "double", "sarsa")
+LOWER_BOUNDS = ("none", "monte_carlo")
+
+
+def batch_fields(agent_cfg: dict) -> dict[str, bool]:
+    """The optional batch fields (ChunkSampler's switches) an agent's critic target reads."""
+    return {
+        "next_actions": agent_cfg["backup"] == "sarsa",
+        "return_bounds": agent_cfg["target_lower_bound"] == "monte_carlo",
+    }
 
 
 def candidates_for(backup: str, n: int) -> int:
@@ -43,6 +55,11 @@ def backup_value(backup: str, target_q: torch.Tensor, online_q: torch.Tensor | N
 def chunk_target(batch: dict, next_value: torch.Tensor) -> torch.Tensor:
     """y = R^(τ) + (1 − d) γ^τ V(s_{t+τ}), all (B,)."""
     return batch["cumulative_reward"] + (1.0 - batch["chunk_done"]) * batch["discount_factor"] * next_value
+
+
+def lower_bounded(target: torch.Tensor, batch: dict, lower_bound: str) -> torch.Tensor:
+    """The target raised to the recorded return, max(y, L_t), with `monte_carlo`; unchanged with `none`."""
+    return torch.maximum(target, batch["return_lower_bound"]) if lower_bound == "monte_carlo" else target
 
 
 def critic_loss(q: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

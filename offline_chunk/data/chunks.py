@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from offline_chunk.data.returns import return_lower_bounds
+
 
 @dataclass(frozen=True)
 class ChunkIndex:
@@ -30,6 +32,7 @@ class ChunkIndex:
     done: np.ndarray  # bool: d, a terminal was reached inside the chunk
     cumulative_reward: np.ndarray  # float32: R^(τ) = Σ_{i<τ} γ^i r[t+i]
     discount: np.ndarray  # float32: γ^τ
+    return_lower_bound: np.ndarray  # float32: L_t, the recorded return from t as a bound (returns.py)
     horizon: int
     gamma: float
 
@@ -88,6 +91,7 @@ def build_chunk_index(
     start = rows[keep]
     length, done, begin, end = length[keep], done[keep], begin[keep], end[keep]
     returns = _chunk_returns(reward, start, length, horizon, gamma)
+    bounds = return_lower_bounds(reward, terminal, episode_ends, gamma)[start]
     return ChunkIndex(
         start=start,
         episode_begin=begin,
@@ -97,6 +101,7 @@ def build_chunk_index(
         done=done,
         cumulative_reward=returns.astype(np.float32),
         discount=(float(gamma) ** length.astype(np.float64)).astype(np.float32),
+        return_lower_bound=bounds.astype(np.float32),
         horizon=int(horizon),
         gamma=float(gamma),
     )

@@ -51,6 +51,7 @@ class ChunkTensors:
     done: torch.Tensor  # (M,) float32
     cumulative_reward: torch.Tensor  # (M,) float32
     discount: torch.Tensor  # (M,) float32
+    return_lower_bound: torch.Tensor  # (M,) float32
 
     @classmethod
     def build(cls, obs: np.ndarray, action: np.ndarray, index: ChunkIndex) -> ChunkTensors:
@@ -65,6 +66,7 @@ class ChunkTensors:
             done=torch.as_tensor(index.done, dtype=torch.float32),
             cumulative_reward=torch.as_tensor(index.cumulative_reward),
             discount=torch.as_tensor(index.discount),
+            return_lower_bound=torch.as_tensor(index.return_lower_bound),
         )
 
     def to(self, device) -> ChunkTensors:
@@ -84,12 +86,18 @@ def _chunk_rows(first: torch.Tensor, end: torch.Tensor, horizon: int) -> tuple[t
 
 
 def gather_chunks(
-    tensors: ChunkTensors, ids: torch.Tensor, horizon: int, obs_horizon: int, next_actions: bool = False
+    tensors: ChunkTensors,
+    ids: torch.Tensor,
+    horizon: int,
+    obs_horizon: int,
+    next_actions: bool = False,
+    return_bounds: bool = False,
 ) -> dict:
     """The batch of chunk transitions `ids` (B,) by gathers only: no Python loop, no host sync.
 
     `next_actions=True` adds the recorded chunk that starts at the next row (rows min(n + i, e - 1)),
-    for SARSA-style backups that evaluate the data's own behaviour."""
+    for SARSA-style backups that evaluate the data's own behaviour; `return_bounds=True` adds
+    `return_lower_bound`, the recorded return from t as a lower bound on the chunk's value (returns.py)."""
     start, begin, end = tensors.start[ids], tensors.episode_begin[ids], tensors.episode_end[ids]
     action_rows, action_mask = _chunk_rows(start, end, horizon)
     batch = {
@@ -104,6 +112,8 @@ def gather_chunks(
     }
     if next_actions:
         batch["next_actions"] = tensors.action[_chunk_rows(tensors.next_row[ids], end, horizon)[0]]
+    if return_bounds:
+        batch["return_lower_bound"] = tensors.return_lower_bound[ids]
     return batch
 
 
@@ -122,9 +132,10 @@ class ChunkSampler:
         generator: torch.Generator | None = None,
         seed: int = 0,
         next_actions: bool = False,
+        return_bounds: bool = False,
     ):
         self.device = torch.device(device)
-        self.next_actions = next_actions
+        self.next_actions, self.return_bounds = next_actions, return_bounds
         self.tensors = tensors.to(self.device)
         self.batch_size, self.horizon, self.obs_horizon = int(batch_size), int(horizon), int(obs_horizon)
         if generator is None:
@@ -134,7 +145,9 @@ class ChunkSampler:
 
     def sample(self) -> dict:
         ids = torch.randint(self.num_chunks, (self.batch_size,), device=self.device, generator=self.generator)
-        return gather_chunks(self.tensors, ids, self.horizon, self.obs_horizon, self.next_actions)
+        return gather_chunks(
+            self.tensors, ids, self.horizon, self.obs_horizon, self.next_actions, self.return_bounds
+        )
 
     def __iter__(self):
         while True:
@@ -189,8 +202,17 @@ class OfflineRLDataset(Dataset):
         generator: torch.Generator | None = None,
         seed: int = 0,
         next_actions: bool = False,
+        return_bounds: bool = False,
     ) -> ChunkSampler:
         """A device-resident batch sampler (what training uses)."""
         return ChunkSampler(
-            self.tensors, batch_size, self.horizon, self.obs_horizon, device, generator, seed, next_actions
+            self.tensors,
+            batch_size,
+            self.horizon,
+            self.obs_horizon,
+            device,
+            generator,
+            seed,
+            next_actions,
+            return_bounds,
         )
