@@ -91,10 +91,11 @@ def read_checkpoint(path) -> dict:
 
 def upgraded(payload: dict) -> dict:
     """A payload of an older version with the agent config keys added since then (ADDED_AGENT_KEYS)."""
+    agent = payload["config"]["agent"]
     for version, keys in ADDED_AGENT_KEYS.items():
         if payload.get("version", 0) < version:
-            payload["config"]["agent"] = {**keys, **payload["config"]["agent"]}
-    return {**payload, "version": VERSION}
+            agent = {**keys, **agent}
+    return {**payload, "config": {**payload["config"], "agent": agent}, "version": VERSION}
 
 
 def agent_from_payload(payload: dict, device) -> ChunkAgent:
