@@ -19,7 +19,7 @@ SEEDS   ?= 0
 BENCH   ?= quick
 JOBS    ?= 1
 OWN_VARIABLES := PYTHON=% VENV=% TORCH=% DATA=% OUT=% ARGS=% AGENT=% PRESET=% DATASET=% STEPS=% RUN=% RESUME=% \
-	TASK=% SEEDS=% BENCH=% JOBS=% CKPT=% EPISODES=% EXECUTE=% WORKERS=% DEVICE=% CONFIG=%
+	TASK=% SEEDS=% BENCH=% REWARD=% JOBS=% CKPT=% EPISODES=% EXECUTE=% WORKERS=% DEVICE=% CONFIG=%
 # MAKEOVERRIDES escapes the spaces inside a value (`ARGS="--blocks 3"` is `ARGS=--blocks\ 3`): they are held
 # as ^ while filtering so that such a value stays one word.
 empty :=
@@ -33,7 +33,7 @@ help:
 	@echo "make dataset [DATA=...] [OUT=...] convert or generate a step-level zarr store"
 	@echo "make train [AGENT=cpql|dql] [DATASET=...] [STEPS=...] [RUN=...] [RESUME=ckpt] [PRESET=gpu] [key=value ...]"
 	@echo "make eval CKPT=... [EPISODES=50] [EXECUTE=k] [WORKERS=2] [ARGS=...]  rollouts in the simulator"
-	@echo "make benchmark [TASK=...] [AGENT=a,b] [SEEDS=0,1,2] [JOBS=2] [STEPS=...] [BENCH=quick|paper]  success vs the paper"
+	@echo "make benchmark [TASK=...] [AGENT=a,b] [SEEDS=0,1,2] [JOBS=2] [STEPS=...] [BENCH=quick|paper] [REWARD=paper|sparse|ogbench]"
 	@echo "make test                       fast CPU test suite (what CI runs)"
 	@echo "make test-all                   also the slow tests"
 	@echo "make bench [AGENT=a,b] [DEVICE=cpu|cuda] [CONFIG=default,matched,gpu]  update speed table + JSON"
@@ -71,7 +71,8 @@ $(DEFAULT_STORE): | $(STAMP)
 # runs/benchmark/<task>/benchmark.md beside the Q-chunking paper's figures.
 benchmark: $(STAMP)
 	$(PY) -m offline_chunk benchmark --task $(TASK) --agent $(AGENT) --seeds $(SEEDS) --preset $(BENCH) \
-		--jobs $(JOBS) $(if $(STEPS),--steps $(STEPS)) --out runs/benchmark/$(TASK) $(OVERRIDES) $(ARGS)
+		--jobs $(JOBS) $(if $(STEPS),--steps $(STEPS)) $(if $(REWARD),--reward $(REWARD)) \
+		--out runs/benchmark/$(TASK) $(OVERRIDES) $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

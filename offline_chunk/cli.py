@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from offline_chunk.benchmark import PRESETS, REWARDS
 from offline_chunk.errors import BenchmarkError, CheckpointError, ConfigError, DataError, DivergenceError
 
 DEFAULT_HORIZON = 5  # the Q-chunking paper's chunk length, used for the summary's chunk count
@@ -105,6 +106,7 @@ def cmd_benchmark(args) -> None:
         args.overrides,
         args.jobs,
         args.ablation,
+        args.reward,
     )
 
 
@@ -173,7 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--agent", default="cpql", help="comma-separated agents")
     bench.add_argument("--steps", type=int, help="updates per run (default: the preset's)")
     bench.add_argument("--seeds", default="0", help="comma-separated seeds (3 or more for reported figures)")
-    bench.add_argument("--preset", default="quick", choices=["quick", "paper"])
+    bench.add_argument("--preset", default="quick", choices=list(PRESETS))
+    bench.add_argument(
+        "--reward",
+        choices=REWARDS,
+        help="training reward (default: the preset's; quick: ogbench, paper: QC's for the task)",
+    )
     bench.add_argument("--out", default="runs/benchmark")
     bench.add_argument("--jobs", type=int, default=1, help="runs trained at once (the cores are shared)")
     bench.add_argument(

@@ -214,6 +214,28 @@ def test_return_bound_carries_the_recorded_return_without_target_iterations(tmp_
         assert np.all(q[:4] < mc[:4] - 10.0)
 
 
+def test_with_eta_0_the_actor_never_sees_the_critic(tmp_path):
+    """QC mode and its BC-only ablation (README, `make benchmark`) train the same actor: with eta = 0 the
+    actor's weights after training depend neither on the rewards nor on the critic's target."""
+
+    def flat(module):
+        return torch.cat([p.detach().flatten() for p in module.parameters()])
+
+    actors = []
+    for scale, bound in [(1.0, "none"), (10.0, "monte_carlo")]:
+        store = chain_store(tmp_path / f"chain{scale}.zarr", reward_scale=scale)
+        cfg = tiny_config("cpql", store, tmp_path / f"run{scale}", "agent.eta=0",
+                          f"agent.target_lower_bound={bound}")  # fmt: skip
+        torch.manual_seed(0)
+        run = build_run(cfg)
+        initial = flat(run.agent.actor)
+        for _ in range(15):
+            run.agent.update(run.sampler.sample())
+        actors.append(flat(run.agent.actor))
+        assert not torch.equal(actors[-1], initial)
+    torch.testing.assert_close(actors[0], actors[1], rtol=0, atol=0)
+
+
 def test_chunk_sac_refuses_the_return_bound(tmp_path):
     store = chain_store(tmp_path / "chain.zarr")
     cfg = tiny_config("chunk_sac", store, tmp_path / "run", "agent.target_lower_bound=monte_carlo")

@@ -12,8 +12,11 @@ from offline_chunk.benchmark import (
     paper_value,
     parse_task,
     plan_runs,
+    reward_line,
     summarize,
+    training_reward,
 )
+from offline_chunk.errors import BenchmarkError
 
 
 def test_parse_task_maps_names_and_reward_protocol():
@@ -22,6 +25,21 @@ def test_parse_task_maps_names_and_reward_protocol():
     assert parse_task("cube-double-play-singletask-task5-v0") == ("cube-double-play-task5", "ogbench")
     with pytest.raises(ValueError, match="unknown task"):
         parse_task("hopper-medium-v2")
+
+
+def test_training_reward_is_the_presets_or_the_papers_and_the_report_says_which():
+    scene, cube = "scene-play-singletask-task1-v0", "cube-double-play-singletask-task2-v0"
+    assert training_reward(scene, "quick") == "ogbench"  # the quick preset's, for every task
+    assert training_reward(scene, "paper") == "sparse" and training_reward(cube, "paper") == "ogbench"  # QC's
+    assert training_reward(scene, "quick", "paper") == "sparse"
+    assert training_reward(cube, "paper", "sparse") == "sparse"
+    with pytest.raises(ValueError, match="unknown reward 'dense'"):
+        training_reward(scene, "quick", "dense")
+    assert reward_line(scene, "ogbench") == (
+        "Trained on OGBench's reward (minus the subtasks unsolved); the paper's figures used QC's sparse "
+        "reward (-1 until every subtask is solved, then 0)."
+    )
+    assert reward_line(cube, "ogbench").endswith("; as the paper's figures.")
 
 
 def test_reference_values_are_the_published_ones():
@@ -84,13 +102,13 @@ def test_plan_has_each_seed_of_the_agent_and_of_its_bc_only_ablation(tmp_path):
     # unused critic's target is the plain one
     assert (ablation["agent"]["eta"], ablation["agent"]["act"]["candidates"]) == (0, 1)
     assert ablation["agent"]["target_lower_bound"] == "none"
-    assert agent["steps"] == 12000 and runs[1].cfg["seed"] == 1
+    assert agent["steps"] == 6000 and runs[1].cfg["seed"] == 1
     assert runs[3].run_dir == tmp_path / "cpql-BC-only-seed1"
     assert plan_runs(tmp_path / "s.zarr", ["cpql"], 500, [0], "quick", tmp_path, [])[0].cfg["steps"] == 500
     alone = plan_runs(tmp_path / "s.zarr", ["cpql"], None, [0, 1], "quick", tmp_path, [], ablation=False)
     assert [(r.label, r.seed) for r in alone] == [("cpql", 0), ("cpql", 1)]
     settings = benchmark.run_settings(runs).splitlines()
-    assert settings[0].startswith("- cpql: preset quick, 12,000 updates, batch 256, H = 5, seeds 0,1")
+    assert settings[0].startswith("- cpql: preset quick, 6,000 updates, batch 256, H = 5, seeds 0,1")
     assert settings[0].endswith(
         "; eta = 0, targets raised to the recorded return; acts by best of 32 chunks under Q (argmax)"
     )
@@ -114,7 +132,7 @@ class FakeTrain:
         return self.returncode
 
 
-def test_run_all_reuses_complete_runs_retrains_changed_ones_and_reports_failures(tmp_path, monkeypatch):
+def test_run_all_reuses_complete_runs_keeps_changed_ones_and_reports_failures(tmp_path, monkeypatch):
     launched = []
 
     def fake_launch(run, threads, quiet):
@@ -133,8 +151,9 @@ def test_run_all_reuses_complete_runs_retrains_changed_ones_and_reports_failures
     changed = plan_runs(tmp_path / "s.zarr", ["td3bc"], 200, [0], "quick", tmp_path, [])
     again = plan_runs(tmp_path / "s.zarr", ["td3bc"], 100, [0, 1], "quick", tmp_path, [])
     assert benchmark.run_all(again, jobs=1) == [] and launched == []  # all four complete: nothing trained
-    assert benchmark.run_all(changed, jobs=1) == []
-    assert [(label, seed, quiet) for label, seed, _, quiet in launched] == [
-        ("td3bc", 0, False),
-        ("td3bc BC-only", 0, False),
-    ]  # 200 steps instead of 100: not the same run, trained again
+    with pytest.raises(BenchmarkError, match=r"2 finished runs .*td3bc-seed0 \(differs in steps\)"):
+        benchmark.run_all(changed, jobs=1)  # 200 steps instead of 100: the finished runs are not replaced
+    assert launched == [] and all(r.run_dir.exists() for r in changed)
+    elsewhere = plan_runs(tmp_path / "s.zarr", ["td3bc"], 200, [0], "quick", tmp_path / "other", [])
+    assert benchmark.run_all(elsewhere, jobs=1) == []  # another --out: trained there
+    assert [(label, seed) for label, seed, *_ in launched] == [("td3bc", 0), ("td3bc BC-only", 0)]
