@@ -5,6 +5,8 @@ PY     := $(VENV)/bin/python
 # CPU build by default. A GPU user installs a CUDA build instead, e.g.
 #   make install TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 TORCH  ?= torch==2.13.0
+# Every other package at the exact version CI passed with (scripts/lock.py; `make lock` refreshes it).
+LOCK   ?= requirements.lock
 STAMP  := $(VENV)/.installed
 
 DATA    ?= ogbench:scene-play-singletask-task2-v0
@@ -18,7 +20,7 @@ TASK    ?= scene-play-singletask-task1-v0
 SEEDS   ?= 0
 BENCH   ?= quick
 JOBS    ?= 1
-OWN_VARIABLES := PYTHON=% VENV=% TORCH=% DATA=% OUT=% ARGS=% AGENT=% PRESET=% DATASET=% STEPS=% RUN=% RESUME=% \
+OWN_VARIABLES := PYTHON=% VENV=% TORCH=% LOCK=% DATA=% OUT=% ARGS=% AGENT=% PRESET=% DATASET=% STEPS=% RUN=% RESUME=% \
 	TASK=% SEEDS=% BENCH=% REWARD=% JOBS=% CKPT=% EPISODES=% EXECUTE=% WORKERS=% DEVICE=% CONFIG=%
 # MAKEOVERRIDES escapes the spaces inside a value (`ARGS="--blocks 3"` is `ARGS=--blocks\ 3`): they are held
 # as ^ while filtering so that such a value stays one word.
@@ -26,7 +28,7 @@ empty :=
 space := $(empty) $(empty)
 OVERRIDES = $(subst ^,$(space),$(filter-out $(OWN_VARIABLES),$(subst \$(space),^,$(MAKEOVERRIDES))))
 
-.PHONY: install dataset train eval benchmark test test-all bench bench-scaling bench-data lint clean help
+.PHONY: install lock test-portability dataset train eval benchmark test test-all bench bench-scaling bench-data lint clean help
 
 help:
 	@echo "make install                    create $(VENV) with torch and every extra"
@@ -35,6 +37,8 @@ help:
 	@echo "make eval CKPT=... [EPISODES=50] [EXECUTE=k] [WORKERS=2] [ARGS=...]  rollouts in the simulator"
 	@echo "make benchmark [TASK=...] [AGENT=a,b] [SEEDS=0,1,2] [JOBS=2] [STEPS=...] [BENCH=quick|paper] [REWARD=paper|sparse|ogbench]"
 	@echo "make test                       fast CPU test suite (what CI runs)"
+	@echo "make test-portability           the same suite under 2 CPU kernel sets x 1 and 2 threads"
+	@echo "make lock                       re-resolve the newest versions into $(LOCK)"
 	@echo "make test-all                   also the slow tests"
 	@echo "make bench [AGENT=a,b] [DEVICE=cpu|cuda] [CONFIG=default,matched,gpu]  update speed table + JSON"
 	@echo "make bench-scaling [AGENT=cpql] [DEVICE=...]  updates/s against batch size and H"
@@ -42,12 +46,25 @@ help:
 
 install: $(STAMP)
 
-$(STAMP): setup.cfg pyproject.toml
+# torch first (its build, CPU or CUDA, from TORCH), then everything else at the locked versions, checked.
+$(STAMP): setup.cfg pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c $(LOCK) pip
 	$(PY) -m pip install --quiet $(TORCH)
-	$(PY) -m pip install --quiet -e ".[all]"
+	$(PY) -m pip install --quiet -c $(LOCK) -e ".[all]"
+	$(PY) scripts/lock.py check $(LOCK)
 	touch $(STAMP)
+
+# The newest versions that setup.cfg allows, resolved in a scratch environment and written to LOCK.
+LOCK_VENV := .venv-lock
+lock:
+	rm -rf $(LOCK_VENV) && $(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LOCK_VENV)/bin/python -m pip install --quiet $(TORCH)
+	$(LOCK_VENV)/bin/python -m pip install --quiet ".[all]"
+	$(LOCK_VENV)/bin/python -m pip freeze --all --exclude-editable | $(PYTHON) scripts/lock.py freeze > $(LOCK).tmp
+	mv $(LOCK).tmp $(LOCK) && rm -rf $(LOCK_VENV)
+	@echo "$(LOCK) written; \`make clean install\` installs it"
 
 dataset: $(STAMP)
 	$(PY) -m offline_chunk dataset "$(DATA)" $(if $(OUT),--out "$(OUT)") $(ARGS)
@@ -77,6 +94,15 @@ benchmark: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# The default suite under each CPU kernel set (ATEN_CPU_CAPABILITY) and thread count: every numerical bound
+# must hold whatever the kernels and reduction order.
+PORTABILITY := default,1 default,2 avx2,1 avx2,2
+test-portability: $(STAMP)
+	@for setting in $(PORTABILITY); do \
+		echo "== ATEN_CPU_CAPABILITY=$${setting%,*} OMP_NUM_THREADS=$${setting#*,}"; \
+		ATEN_CPU_CAPABILITY=$${setting%,*} OMP_NUM_THREADS=$${setting#*,} $(PY) -m pytest -q -p no:cacheprovider || exit 1; \
+	done
+
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m "" --benchmark-skip
 
@@ -96,7 +122,7 @@ bench-data: $(STAMP)
 		--benchmark-json=benchmarks/last_bench_data.json
 
 lint: $(STAMP)
-	$(PY) -m ruff check offline_chunk tests benchmarks
+	$(PY) -m ruff check offline_chunk tests benchmarks scripts
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis .benchmarks *.egg-info
+	rm -rf $(VENV) $(LOCK_VENV) .pytest_cache .hypothesis .benchmarks *.egg-info

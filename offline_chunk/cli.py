@@ -38,6 +38,8 @@ def store_summary(path: Path, horizon: int = DEFAULT_HORIZON, gamma: float = 0.9
         f"chunks       {len(index):,} valid starts for H={horizon} (drop_partial)",
         f"reward       min {reward.min():.4g}   max {reward.max():.4g}   mean {reward.mean():.4g}",
     ]
+    sources = [data.attrs[key] for key in ("reward_source", "reward_convention") if data.attrs.get(key)]
+    lines.append(f"reward from  {'; '.join(sources) if sources else 'not recorded in the store'}")
     if data.attrs.get("env_id"):
         lines.append(f"env_id       {data.attrs['env_id']}")
     return "\n".join(lines)

@@ -8,7 +8,7 @@ on the device since the last log are read in one transfer.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -40,6 +40,7 @@ class Run:
     sampler: object
     step: int
     q_bound: float
+    last_metrics: dict[str, float] = field(default_factory=dict)  # the means of the last log interval
 
     def checkpoint(self, name: str | None = None) -> Path:
         path = self.run_dir / "checkpoints" / (name or f"step_{self.step:08d}.pt")
@@ -132,6 +133,7 @@ def check_divergence(run: Run, means: dict[str, float]) -> None:
 def log_interval(run: Run, writer: SummaryWriter, log: MetricLog, bar: tqdm, updates_per_s: float) -> None:
     means = log.read()
     check_divergence(run, means)
+    run.last_metrics = means
     scalars = {**means, **run.agent.learning_rates(), "perf/updates_per_s": updates_per_s}
     for key, value in scalars.items():
         writer.add_scalar(key, value, run.step)
@@ -206,13 +208,37 @@ def train_loop(run: Run) -> Path:
     return run.checkpoint("final.pt")
 
 
+def summary(run: Run, first_step: int, final: Path, seconds: float) -> str:
+    """What a user reads when training ends: what was done, how it ended, where it is, what to run next."""
+    updates = run.step - first_step
+    means = run.last_metrics
+    lines = [
+        f"trained      {run.cfg['agent']['name']}: {updates:,} updates (step {first_step:,} to {run.step:,}) "
+        f"in {seconds / 60:.1f} min, {updates / max(seconds, 1e-9):.1f} updates/s",
+    ]
+    if means:
+        lines.append(
+            f"final        critic loss {means['critic/loss']:.4g}   Q mean {means['critic/q_mean']:.4g}   "
+            f"target {means['critic/target_q']:.4g}   (means over the last {run.cfg['log_every']} updates)"
+        )
+    lines += [
+        f"checkpoint   {final}",
+        f"tensorboard  tensorboard --logdir {run.run_dir / 'tb'}",
+        f"next         make eval CKPT={final}   (rollouts in the store's simulator, success rate)",
+        "             notebooks/evaluate_q_on_demos.ipynb with CHECKPOINT set to it (Q on the demos)",
+    ]
+    return "\n".join(lines)
+
+
 def train(cfg: dict, resume: dict | None = None) -> Path:
     """Train a run, or continue one from a checkpoint payload (its config, with any new overrides, is `cfg`).
     Returns the final checkpoint's path."""
     cfg = {**cfg, "run_dir": str(cfg["run_dir"] or default_run_dir(cfg))}
+    start = time.perf_counter()
     run = build_run(cfg, resume)
+    first_step = run.step
     run.run_dir.mkdir(parents=True, exist_ok=True)
     (run.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     final = train_loop(run)
-    print(f"checkpoint   {final}\ntensorboard  tensorboard --logdir {run.run_dir / 'tb'}")
+    print(summary(run, first_step, final, time.perf_counter() - start))
     return final

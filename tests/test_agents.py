@@ -4,6 +4,7 @@ training runs, checkpoints, exact resume, and refusal of bad checkpoint files.""
 import numpy as np
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from offline_chunk import load_agent
 from offline_chunk.agents.targets import (
@@ -285,6 +286,13 @@ def test_train_cli_writes_checkpoint_and_events_and_load_agent_works(tmp_path, c
     assert str(final) in out and final.is_file()
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
     assert (run_dir / "config.yaml").is_file()
+    # The closing summary: updates done, the last logged critic loss (as TensorBoard has it), next steps.
+    assert "trained      cpql: 20 updates (step 0 to 20)" in out
+    events = EventAccumulator(str(run_dir / "tb"))
+    events.Reload()
+    last_loss = events.Scalars("critic/loss")[-1]
+    assert last_loss.step == 20 and f"critic loss {last_loss.value:.4g} " in out
+    assert f"make eval CKPT={final}" in out and "evaluate_q_on_demos.ipynb" in out
 
     agent = load_agent(final)
     obs = torch.zeros(3, 1, 8)

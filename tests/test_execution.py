@@ -1,6 +1,7 @@
 """How an update runs (execution.py): no host reads inside it, bf16 autocast and torch.compile against the
 plain fp32 eager path over a few hundred updates, and the eager fallback when compiling fails."""
 
+import copy
 import warnings
 
 import pytest
@@ -55,8 +56,8 @@ def test_sampling_and_update_read_nothing_on_the_host(tmp_path, agent):
 
 
 def train_and_probe(tmp_path, compile_choice, precision):
-    """A tiny CPQL agent after UPDATES updates, a fixed probe batch, and its online critics' Q (K, 512) there.
-    Rewards are scaled so that Q reaches ~50, where bf16 rounding of a value would show."""
+    """A tiny CPQL agent after UPDATES updates, a fixed probe batch, its online critics' Q (K, 512) there, and
+    the next training batch. Rewards are scaled so that Q reaches ~50, where bf16 rounding would show."""
     store = tmp_path / "chain.zarr"
     if not store.exists():
         chain_store(store, reward_scale=30.0)
@@ -65,7 +66,8 @@ def train_and_probe(tmp_path, compile_choice, precision):
     for _ in range(UPDATES):
         run.agent.update(run.sampler.sample())
     probe = run.dataset.sampler(512, seed=99).sample()
-    return run.agent, probe, run.agent.q_value(probe["observations"], probe["actions"], reduce="none")
+    q = run.agent.q_value(probe["observations"], probe["actions"], reduce="none")
+    return run.agent, probe, q, run.sampler.sample()
 
 
 @pytest.fixture(scope="module")
@@ -74,23 +76,53 @@ def fp32_run(tmp_path_factory):
 
 
 def test_bf16_critic_pass_keeps_q_within_half_a_percent(fp32_run):
-    """One pass of the trained critics under bf16 autocast: max |ΔQ| <= 0.5% of max |Q| (measured 0.26%),
-    and Q comes out in float32 (the value layer is not autocast)."""
-    agent, probe, q = fp32_run
+    """One pass of the trained critics under bf16 autocast: max |ΔQ| <= 0.5% of max |Q|, and Q comes out in
+    float32 (the value layer is not autocast).
+
+    Why the bound holds on any CPU: the error is that of rounding each matrix product's operands to bf16's
+    8-bit significand (unit roundoff 2^-9 = 0.2%), which IEEE round-to-nearest makes the same on every CPU;
+    products accumulate in float32, whose reordering across kernels and threads moves Q by ~1e-6 relative.
+    Measured 0.26% (AVX2 and the default kernels), so the bound leaves a 2x margin."""
+    agent, probe, q, _ = fp32_run
     with torch.autocast("cpu", dtype=torch.bfloat16):
         bf16_q = agent.q_value(probe["observations"], probe["actions"], reduce="none")
     assert bf16_q.dtype == torch.float32 and q.abs().max() > 30
     assert (bf16_q - q).abs().max() <= 5e-3 * q.abs().max()
 
 
-def test_bf16_training_tracks_fp32(tmp_path, fp32_run):
-    """Stated tolerance: after 300 updates with bf16 autocast, mean |Q_bf16 − Q_fp32| <= 0.5% of max |Q_fp32|
-    and max <= 3% (measured 0.2% and 1.4%: the two runs' rounding takes their training apart slowly)."""
-    q = fp32_run[2]
-    bf16_q = train_and_probe(tmp_path, False, "bf16")[2]
-    difference = (bf16_q - q).abs()
-    assert difference.mean() <= 5e-3 * q.abs().max() and difference.max() <= 3e-2 * q.abs().max()
-    assert not torch.equal(bf16_q, q)  # autocast did act
+def one_update_moves_q(agent, state: dict, batch: dict, probe: dict, precision: str) -> torch.Tensor:
+    """ΔQ (K, 512) at the probe pairs made by one update of the agent from `state` (weights, Adam state)."""
+    agent.load_state_dict(state["weights"])
+    agent.load_training_state(copy.deepcopy(state["training"]))
+    agent.configure_execution(False, precision)
+    before = agent.q_value(probe["observations"], probe["actions"], reduce="none")
+    torch.manual_seed(0)  # the same noise draws for the actor's samples in both precisions
+    agent.update(batch)
+    return agent.q_value(probe["observations"], probe["actions"], reduce="none") - before
+
+
+def test_bf16_update_moves_q_as_fp32_does(fp32_run):
+    """From the same trained weights and Adam state, one update on one batch under bf16 autocast changes the
+    critics' Q along the fp32 update: ||ΔQ_bf16 − ΔQ_fp32|| <= 25% of ||ΔQ_fp32|| and correlation >= 0.99.
+
+    One update, because two trainings apart by rounding drift apart chaotically: after 300 updates the fp32
+    runs under the AVX2 and the default kernels already differed by 2x in their next ΔQ, so a bound on the
+    end of two long runs is a bound on one machine's rounding. Over one update the difference is bounded:
+    the bf16 gradient differs from the fp32 one by the operand rounding above (critic gradient measured
+    within 6-8%, relative), and Adam passes only 1 − β1 = 10% of a new gradient into its step, the rest being
+    the shared first moment. Measured 4% and 8% (correlation 0.9995 and 0.9989) under the two kernels: a 3x
+    margin that no reordering of float32 sums can use up."""
+    agent, probe, _, batch = fp32_run
+    state = {"weights": copy.deepcopy(agent.state_dict()), "training": copy.deepcopy(agent.training_state())}
+    fp32 = one_update_moves_q(agent, state, batch, probe, "fp32")
+    bf16 = one_update_moves_q(agent, state, batch, probe, "bf16")
+    agent.load_state_dict(state["weights"])
+    agent.load_training_state(state["training"])
+    agent.configure_execution(False, "fp32")
+    assert fp32.abs().mean() > 1e-3  # the update did move Q
+    assert (bf16 - fp32).norm() <= 0.25 * fp32.norm()
+    assert torch.corrcoef(torch.stack([bf16.flatten(), fp32.flatten()]))[0, 1] >= 0.99
+    assert not torch.equal(bf16, fp32)  # autocast did act
 
 
 def test_compiled_update_matches_eager(tmp_path, fp32_run, monkeypatch):

@@ -10,6 +10,7 @@ import pytest
 import zarr
 from test_store import tree_digest
 
+from offline_chunk.cli import main
 from offline_chunk.data.sources import convert
 from offline_chunk.data.store import open_store
 from offline_chunk.errors import DataError
@@ -187,10 +188,12 @@ def write_pusht_like(path: Path) -> Path:
     return path
 
 
-def test_zarr_v2_store_converts_with_obs_keys_and_fills_reward_terminal(tmp_path):
+def test_zarr_v2_store_converts_with_obs_keys_and_the_reward_rule_it_is_given(tmp_path):
     source = write_pusht_like(tmp_path / "pusht.zarr")
     before = tree_digest(source)
-    data = open_store(convert(f"{source}?obs_keys=state,keypoint", out=tmp_path / "x.zarr", progress=False))
+    data = open_store(
+        convert(f"{source}?obs_keys=state,keypoint&reward=zeros", out=tmp_path / "x.zarr", progress=False)
+    )
     assert tree_digest(source) == before
     rows = PUSHT_EPISODE_ENDS[-1]
     assert list(data.observations) == data.attrs["obs_keys"] == ["state", "keypoint"]
@@ -201,9 +204,44 @@ def test_zarr_v2_store_converts_with_obs_keys_and_fills_reward_terminal(tmp_path
     np.testing.assert_array_equal(data.episode_ends, PUSHT_EPISODE_ENDS)
     np.testing.assert_array_equal(data.reward, np.zeros(rows))
     assert not data.terminal.any()
-    assert data.attrs["reward_filled"] is True
+    assert data.attrs["reward_source"].startswith("reward=zeros")
     assert (data.attrs["source_format"], data.attrs["fps"]) == ("zarr", 10)
     assert data.attrs["source_file"] == str(source.resolve())
+
+
+def test_zarr_success_at_end_rewards_and_ends_each_episode(tmp_path):
+    source = write_pusht_like(tmp_path / "pusht.zarr")
+    data = open_store(convert(f"{source}?obs_keys=state&reward=success_at_end", out=tmp_path / "x.zarr"))
+    last_rows = [3, 8, 11]  # episode_ends [4, 9, 12] minus one
+    expected = np.zeros(PUSHT_EPISODE_ENDS[-1])
+    expected[last_rows] = 1.0
+    np.testing.assert_array_equal(data.reward, expected)
+    np.testing.assert_array_equal(np.flatnonzero(data.terminal), last_rows)
+    assert data.attrs["reward_source"].startswith("reward=success_at_end")
+
+
+def test_zarr_without_rewards_is_refused_naming_the_rules(tmp_path):
+    source = write_pusht_like(tmp_path / "pusht.zarr")
+    for spec, fragment in (
+        (f"{source}?obs_keys=state", "say what the reward is with ?reward=zeros, reward=success_at_end"),
+        (f"{source}?obs_keys=state&reward=ones", "reward='ones' is not a rule"),
+    ):
+        with pytest.raises(DataError, match="array 'data/reward': has no reward array") as caught:
+            convert(spec, out=tmp_path / "x.zarr", progress=False)
+        assert fragment in str(caught.value) and "\n" not in str(caught.value)
+    assert not (tmp_path / "x.zarr").exists()
+
+
+def test_dataset_cli_refuses_a_rewardless_store_and_says_where_rewards_came_from(tmp_path, capsys):
+    source = write_pusht_like(tmp_path / "pusht.zarr")
+    assert main(["dataset", f"{source}?obs_keys=state", "--out", str(tmp_path / "x.zarr")]) == 2
+    assert "has no reward array" in capsys.readouterr().err
+    assert (
+        main(["dataset", f"{source}?obs_keys=state&reward=success_at_end", "--out", str(tmp_path / "x.zarr")])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "reward       min 0   max 1" in out and "reward from  reward=success_at_end" in out
 
 
 def test_zarr_reads_back_a_converted_store(tmp_path):
@@ -212,7 +250,7 @@ def test_zarr_reads_back_a_converted_store(tmp_path):
     second = open_store(convert(str(tmp_path / "a.zarr"), out=tmp_path / "b.zarr", progress=False))
     for name in ("obs", "action", "reward", "terminal", "episode_ends"):
         np.testing.assert_array_equal(getattr(second, name), getattr(first, name))
-    assert "reward_filled" not in second.attrs
+    assert second.attrs["reward_source"] == "data/reward" and first.attrs["reward_source"] == "rewards"
 
 
 # --------------------------------------------------------------------------- errors

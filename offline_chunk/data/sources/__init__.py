@@ -5,7 +5,7 @@ A source is named by a spec string: ``<location>[?key=value&key=value]``.
     data/scene-play-v0.npz?env=scene-play-singletask-task2-v0   OGBench .npz (+ single-task relabelling)
     data/hopper-medium-v2.hdf5                                   D4RL-style HDF5
     data/lift_ph.hdf5?obs_keys=robot0_eef_pos,object             robomimic HDF5
-    data/pusht_cchi_v7_replay.zarr?obs_keys=state                diffusion_policy-style zarr
+    data/pusht_cchi_v7_replay.zarr?obs_keys=state&reward=zeros   diffusion_policy zarr (reward= rule)
     ogbench:scene-play-singletask-task2-v0?episodes=20           generated with OGBench's oracles
 """
 

@@ -59,7 +59,12 @@ def load(spec: SourceSpec, progress: bool) -> StepData:
     check_same_length(path, arrays)
     terminal = as_flags(path, "terminals", arrays["terminals"])
     timeout = as_flags(path, "timeouts", arrays["timeouts"])
-    attrs = {"source_format": "d4rl_hdf5", "source_file": str(path), "discount_hint": 0.99}
+    attrs = {
+        "source_format": "d4rl_hdf5",
+        "source_file": str(path),
+        "discount_hint": 0.99,
+        "reward_source": "rewards",
+    }
     if env_id is not None:
         attrs["env_id"] = env_id
     return StepData(

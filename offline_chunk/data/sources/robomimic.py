@@ -142,6 +142,7 @@ def load(spec: SourceSpec, progress: bool) -> StepData:
         "demos": len(demos),
         "obs_keys": obs_keys,
         "dones": options["dones"],
+        "reward_source": "data/<demo>/rewards",
     }
     if options["filter"]:
         data.attrs["filter"] = options["filter"]

@@ -4,8 +4,16 @@
     meta/episode_ends    (E,)     required, exclusive ends
     data/<obs key>...    (N, ...) observations: the keys of the option `obs_keys=state,keypoint`, else
                                   those in the store's attrs["obs_keys"], else data/obs
-    data/reward          (N,)     optional: zeros when missing (attrs["reward_filled"] = True)
+    data/reward          (N,)     optional, but a store without it needs the option `reward=` (below)
     data/terminal        (N,)     optional: all False when missing (every episode end a truncation)
+
+A store without data/reward (diffusion_policy's demonstrations have none) is refused unless `reward=` says
+what the reward is, since an offline-RL run on invented zero rewards learns nothing and says nothing:
+    reward=zeros           every reward 0: for behaviour cloning only (Q is then 0 everywhere)
+    reward=success_at_end  every recorded episode taken to end in success (human demonstrations): reward 1
+                           on each episode's last row and 0 before it, that row terminal (the goal is
+                           absorbing, and a truncated last row's reward would never enter a chunk target)
+`attrs["reward_source"]` records where the rewards came from.
 
 Each observation key is kept as its own store key, flattened to (N, D) (diffusion_policy's pusht
 `keypoint` (N, 9, 2) becomes (N, 18), as its low-dim dataset does), and concatenated in the order given.
@@ -24,6 +32,10 @@ from offline_chunk.data.store import StepData, obs_keys_of, open_group, read_arr
 from offline_chunk.errors import DataError
 
 STEP_ARRAYS = ("action", "reward", "terminal")
+REWARD_RULES = {
+    "zeros": "reward=zeros: every reward 0 (behaviour cloning only)",
+    "success_at_end": "reward=success_at_end: 1 on each episode's last row (terminal), else 0",
+}
 
 
 def _obs_candidates(group) -> list[str]:
@@ -53,25 +65,47 @@ def _as_rows(arr: np.ndarray) -> np.ndarray:
     return np.asarray(arr, np.float32).reshape(len(arr), int(np.prod(arr.shape[1:])))
 
 
+def _rewards(path: Path, group, rule: str, rows: int, episode_ends: np.ndarray):
+    """(reward, terminal or None, reward_source): the store's own data/reward, or the rule `reward=` names."""
+    if "data/reward" in group:
+        if rule:
+            raise DataError(path, f"has data/reward; the option reward={rule} is for stores without one")
+        return read_array(path, group, "data/reward"), None, "data/reward"
+    if rule not in REWARD_RULES:
+        choices = ", ".join(f"reward={name}" for name in REWARD_RULES)
+        said = f"reward={rule!r} is not a rule; " if rule else ""
+        raise DataError(
+            path, f"has no reward array; {said}say what the reward is with ?{choices}", "data/reward"
+        )
+    reward = np.zeros(rows, np.float32)
+    if rule == "zeros":
+        return reward, None, REWARD_RULES[rule]
+    last_rows = np.zeros(rows, bool)
+    last_rows[np.asarray(episode_ends) - 1] = True
+    reward[last_rows] = 1.0
+    return reward, last_rows, REWARD_RULES[rule]
+
+
 def load(spec: SourceSpec, progress: bool) -> StepData:
-    options = spec.take({"obs_keys": ""})
+    options = spec.take({"obs_keys": "", "reward": ""})
     path = Path(spec.location).resolve()
     group = open_group(path)  # read-only
     action = read_array(path, group, "data/action")
     episode_ends = read_array(path, group, "meta/episode_ends")
     obs_keys = _obs_keys(path, group, options["obs_keys"])
-    attrs = {**group.attrs.asdict(), "source_format": "zarr", "source_file": str(path)}
-    if "data/reward" in group:
-        reward = read_array(path, group, "data/reward")
-    else:
-        reward = np.zeros(len(action), np.float32)
-        attrs["reward_filled"] = True
-    has_terminal = "data/terminal" in group
+    reward, rule_terminal, reward_source = _rewards(path, group, options["reward"], len(action), episode_ends)
+    terminal = read_array(path, group, "data/terminal") if "data/terminal" in group else None
+    if terminal is None:
+        terminal = rule_terminal if rule_terminal is not None else np.zeros(len(action), bool)
+    elif rule_terminal is not None:
+        terminal = np.asarray(terminal, bool) | rule_terminal
+    attrs = group.attrs.asdict()
+    attrs.pop("reward_filled", None)  # the earlier converters' flag, now `reward_source`
     return StepData(
         observations={key: _as_rows(read_array(path, group, f"data/{key}")) for key in obs_keys},
         action=np.asarray(action, np.float32),
         reward=np.asarray(reward, np.float32),
-        terminal=read_array(path, group, "data/terminal") if has_terminal else np.zeros(len(action), bool),
+        terminal=terminal,
         episode_ends=episode_ends,
-        attrs=attrs,
+        attrs={**attrs, "source_format": "zarr", "source_file": str(path), "reward_source": reward_source},
     )
