@@ -29,7 +29,9 @@ REFERENCE_CSV = Path(__file__).resolve().parents[1] / "benchmarks" / "reference"
 PAPER_METHODS = ("QC", "FQL", "BFN")
 # The behaviour-cloning-only ablation of each agent: its Q-driven actor term switched off, and acting without
 # the critic (one sampled chunk instead of the best of N under Q), so no number in its column uses Q. Its
-# unused critic keeps the plain Bellman target, whatever target the agent's preset sets.
+# unused critic keeps the plain Bellman target, whatever target the agent's preset sets. An agent that
+# already trains with eta = 0 (QC) has that actor: its ablation is its own checkpoints acting by one
+# candidate (`evaluate_one_candidate`), not a second training run.
 NO_Q = ["agent.eta=0", "agent.act.candidates=1", "agent.target_lower_bound=none"]
 BC_ONLY = {
     "dql": NO_Q,
@@ -48,6 +50,8 @@ TASK_PATTERN = re.compile(r"^(?P<env>(scene|puzzle-\dx\d|cube-\w+)-play)-singlet
 PRESETS = {
     "quick": {"episodes": 300, "train_preset": "quick", "reward": "ogbench"},
     "paper": {"episodes": 1000, "train_preset": "gpu", "reward": "paper"},
+    "qc": {"episodes": 1000, "train_preset": "qc", "reward": "paper"},  # Q-chunking's QC recipe
+    "qc-cpu": {"episodes": 1000, "train_preset": "qc_cpu", "reward": "paper"},  # its 2-core size
 }
 # `paper`: QC's reward for the task's family (parse_task); `sparse` and `ogbench` for every task.
 REWARDS = ("paper", "sparse", "ogbench")
@@ -175,8 +179,8 @@ def ensure_store(task: str, episodes: int, reward: str) -> Path:
     return path
 
 
-def read_evaluations(run_dir: Path, label: str, seed: int) -> list[Evaluation]:
-    with open(run_dir / "evaluations.csv", newline="") as f:
+def read_evaluations(run_dir: Path, label: str, seed: int, name: str = "evaluations.csv") -> list[Evaluation]:
+    with open(run_dir / name, newline="") as f:
         return [
             Evaluation(label, seed, int(row["step"]), float(row["train_seconds"]), float(row["success_rate"]))
             for row in csv.DictReader(f)
@@ -189,6 +193,7 @@ class PlannedRun:
     seed: int
     run_dir: Path
     cfg: dict
+    bc_only_from_checkpoints: bool = False  # its BC-only ablation: its own checkpoints, one candidate
 
     def finished_config(self) -> dict | None:
         """The configuration of a run that finished here earlier (its final checkpoint and evaluations are
@@ -242,20 +247,61 @@ def plan_runs(
     ablation: bool = True,
 ) -> list[PlannedRun]:
     """Every (agent or its BC-only ablation, seed) with its resolved configuration."""
+    from offline_chunk.agents import AGENTS
     from offline_chunk.config import load_config
+
+    def planned(agent: str, label: str, seed: int, extra: list[str]) -> PlannedRun:
+        run_dir = out_dir / f"{label.replace(' ', '-')}-seed{seed}"
+        named = [f"dataset={store}", f"seed={seed}", f"run_dir={run_dir}"]
+        if steps is not None:
+            named.append(f"steps={steps}")
+        cfg = load_config(agent, PRESETS[preset]["train_preset"], [*named, *extra, *overrides])
+        from_checkpoints = ablation and AGENTS[agent].acts_by_candidates and cfg["agent"]["eta"] == 0
+        return PlannedRun(label, seed, run_dir, cfg, bool(from_checkpoints and label == agent))
 
     runs = []
     for agent in agents:
-        variants = [(agent, [])] + ([(f"{agent} BC-only", BC_ONLY[agent])] if ablation else [])
-        for label, extra in variants:
-            for seed in seeds:
-                run_dir = out_dir / f"{label.replace(' ', '-')}-seed{seed}"
-                named = [f"dataset={store}", f"seed={seed}", f"run_dir={run_dir}"]
-                if steps is not None:
-                    named.append(f"steps={steps}")
-                cfg = load_config(agent, PRESETS[preset]["train_preset"], [*named, *extra, *overrides])
-                runs.append(PlannedRun(label, seed, run_dir, cfg))
+        trained = [planned(agent, agent, seed, []) for seed in seeds]
+        runs += trained
+        if ablation and not trained[0].bc_only_from_checkpoints:
+            runs += [planned(agent, f"{agent} BC-only", seed, BC_ONLY[agent]) for seed in seeds]
     return runs
+
+
+ONE_CANDIDATE_CSV = "evaluations_one_candidate.csv"
+
+
+def evaluate_one_candidate(run: PlannedRun) -> list[Evaluation]:
+    """The BC-only ablation of a run trained with eta = 0: each checkpoint it evaluated during training, now
+    acting by one sampled chunk (no choice by Q), on the same evaluation episodes (same seed). Evaluations
+    done before are kept in <run>/evaluations_one_candidate.csv and not repeated."""
+    from offline_chunk.evaluate import evaluate  # simulators are imported only when evaluating
+
+    cfg, path = run.cfg, run.run_dir / ONE_CANDIDATE_CSV
+    done = (
+        {e.step for e in read_evaluations(run.run_dir, "", run.seed, ONE_CANDIDATE_CSV)}
+        if path.exists()
+        else set()
+    )
+    for trained in read_evaluations(run.run_dir, "", run.seed):
+        if trained.step in done:
+            continue
+        report = evaluate(
+            run.run_dir / "checkpoints" / f"step_{trained.step:08d}.pt",
+            episodes=cfg["eval_episodes"],
+            workers=cfg["eval_workers"],
+            seed=cfg["seed"],
+            candidates=1,
+            max_steps=cfg["eval_max_steps"],
+            out=run.run_dir / "one_candidate",
+            progress=False,
+        )
+        new_file = not path.exists()
+        with open(path, "a") as f:
+            if new_file:
+                f.write("step,train_seconds,success_rate\n")
+            f.write(f"{trained.step},{trained.wall_s},{report['success_rate']}\n")
+    return read_evaluations(run.run_dir, f"{run.label} BC-only", run.seed, ONE_CANDIDATE_CSV)
 
 
 def launch(run: PlannedRun, threads: int, quiet: bool) -> subprocess.Popen:
@@ -324,6 +370,9 @@ def run_benchmark(
     failed = run_all(runs, jobs)
     finished = [run for run in runs if run not in failed]
     evaluations = [e for run in finished for e in read_evaluations(run.run_dir, run.label, run.seed)]
+    evaluations += [
+        e for run in finished if run.bc_only_from_checkpoints for e in evaluate_one_candidate(run)
+    ]
     settings = f"{reward_line(task, reward)}\n\n{run_settings(finished)}"
     report = write_report(summarize(evaluations), reference_task, task, out_dir, settings)
     if failed:
@@ -362,9 +411,14 @@ def run_settings(runs: list[PlannedRun]) -> str:
         seeds = ",".join(str(run.seed) for run in mine)
         lines.append(
             f"- {label}: preset {cfg['preset']}, {cfg['steps']:,} updates, batch {cfg['batch_size']}, "
-            f"H = {cfg['horizon']}, seeds {seeds}, store {cfg['dataset']}; {learning(cfg)}; "
-            f"acts by {acting(cfg)}"
+            f"H = {cfg['horizon']}, seeds {seeds}, store {cfg['dataset']}, {cfg['eval_episodes']} evaluation "
+            f"episodes per point; {learning(cfg)}; acts by {acting(cfg)}"
         )
+        if mine[0].bc_only_from_checkpoints:
+            lines.append(
+                f"- {label} BC-only: the {label} checkpoints above (their actor never saw Q: eta = 0), "
+                "acting by one sampled chunk (no choice by Q), on the same evaluation episodes"
+            )
     return "\n".join(lines)
 
 

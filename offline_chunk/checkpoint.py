@@ -20,9 +20,13 @@ from offline_chunk.data.normalize import Normalizer
 from offline_chunk.errors import CheckpointError
 
 FORMAT = "offline_chunk.checkpoint"
-VERSION = 2
-# Agent config keys added in a checkpoint version, with the values that reproduce what older versions did.
-ADDED_AGENT_KEYS = {2: {"target_lower_bound": "none"}}
+VERSION = 3
+# Agent config keys added in a checkpoint version, with the values that reproduce what older versions did
+# (nested sections are filled key by key).
+ADDED_AGENT_KEYS = {
+    2: {"target_lower_bound": "none"},
+    3: {"q_agg": "min", "critic": {"kind": "unet"}, "act": {"critic": "target", "q_agg": "min"}},
+}
 
 
 def rng_state(sampler_generator: torch.Generator | None) -> dict:
@@ -89,12 +93,25 @@ def read_checkpoint(path) -> dict:
     return upgraded(payload)
 
 
+def with_missing(config: dict, defaults: dict) -> dict:
+    """`config` with the keys of `defaults` it lacks, recursively into sections that both have."""
+    filled = {**defaults, **config}
+    for key, value in defaults.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            filled[key] = with_missing(config[key], value)
+    return filled
+
+
 def upgraded(payload: dict) -> dict:
-    """A payload of an older version with the agent config keys added since then (ADDED_AGENT_KEYS)."""
+    """A payload of an older version with the agent config keys added since then (ADDED_AGENT_KEYS); before
+    version 3 the backup `double` was what `best_of_n` with the ensemble min now is."""
     agent = payload["config"]["agent"]
-    for version, keys in ADDED_AGENT_KEYS.items():
-        if payload.get("version", 0) < version:
-            agent = {**keys, **agent}
+    version = payload.get("version", 0)
+    for added_in, keys in ADDED_AGENT_KEYS.items():
+        if version < added_in:
+            agent = with_missing(agent, keys)
+    if version < 3 and agent.get("backup") == "double":
+        agent = {**agent, "backup": "best_of_n", "q_agg": "min"}
     return {**payload, "config": {**payload["config"], "agent": agent}, "version": VERSION}
 
 

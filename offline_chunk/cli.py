@@ -145,8 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     dataset.set_defaults(handler=cmd_dataset)
 
     train = commands.add_parser("train", help="train an agent on a store")
-    train.add_argument("--agent", default="cpql", help="cpql | dql")
-    train.add_argument("--preset", default="default", help="configs/train/<preset>.yaml (default, gpu)")
+    train.add_argument("--agent", default="cpql", help="cpql | dql | chunk_sac | td3bc")
+    train.add_argument(
+        "--preset",
+        default="default",
+        help="configs/train/<preset>.yaml: default, quick, gpu, qc (Q-chunking's QC), qc_cpu",
+    )
     train.add_argument("--dataset", help="store path (overrides the config's dataset)")
     train.add_argument("--steps", type=int, help="total updates")
     train.add_argument("--run", help="run directory (default runs/<agent>-<dataset>-<time>)")
@@ -193,7 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     speed = commands.add_parser("bench", help="update speed: updates/s, time split, memory, FLOPs")
     speed.add_argument("--agent", default="cpql,dql,chunk_sac,td3bc", help="comma-separated agents")
-    speed.add_argument("--config", default="default,matched", help="default, matched, gpu (comma-separated)")
+    speed.add_argument(
+        "--config", default="default,matched", help="default, matched, gpu, qc, qc_cpu (comma-separated)"
+    )
     speed.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     speed.add_argument("--blocks", type=int, default=5, help="timed blocks (median, min, max over them)")
     speed.add_argument("--block-updates", type=int, default=20, help="updates per timed block")

@@ -66,9 +66,12 @@ def apply_override(cfg: dict, assignment: str) -> None:
 
 def _read_preset(preset: str, agent: str) -> dict:
     """A train preset with its values for this agent applied (`per_agent`: e.g. the CPU step budget,
-    since a DQL update costs ~2.5x a CPQL one). Resolved per file, so a later preset's value wins."""
+    since a DQL update costs ~2.5x a CPQL one), on top of the preset it names as `base` (if any). Resolved
+    per file, so a later preset's value wins."""
     cfg = _read_yaml(CONFIG_DIR / "train" / f"{preset}.yaml")
-    return _merge(cfg, cfg.pop("per_agent", {}).get(agent, {}))
+    cfg = _merge(cfg, cfg.pop("per_agent", {}).get(agent, {}))
+    base = cfg.pop("base", None)
+    return _merge(_read_preset(base, agent), cfg) if base else cfg
 
 
 def load_config(agent: str, preset: str = "default", overrides: list[str] | tuple = ()) -> dict:

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from offline_chunk.agents import AGENTS
 from offline_chunk.checkpoint import agent_from_payload, pick_device, read_checkpoint
 from offline_chunk.data.sources.ogbench_npz import sparse_reward
 from offline_chunk.envs.chunks import ChunkExecutor
@@ -301,12 +302,14 @@ def eval_settings(payload, checkpoint, episodes, execute, workers, seed, candida
     """What the report records about the run, resolved from the checkpoint, its store and the overrides."""
     horizon, store = payload["dims"]["horizon"], payload["config"]["dataset"]
     check_settings(episodes, workers, execute, horizon, candidates, max_steps)
-    env_id = env_id_from_store(store)
-    act = payload["config"]["agent"].get("act", {})  # agents that choose among sampled chunks by Q
-    if candidates is not None and "candidates" not in act:
+    act = payload["config"]["agent"].get("act", {})
+    by_candidates = AGENTS[payload["agent"]].acts_by_candidates  # chooses among sampled chunks by Q
+    if candidates is not None and not by_candidates:
         raise ConfigError(
-            f"candidates={candidates}: agent {payload['agent']!r} does not sample candidate chunks"
+            f"candidates={candidates}: agent {payload['agent']!r} does not act by candidate chunks "
+            "(it executes its actor's chunk)"
         )
+    env_id = env_id_from_store(store)
     return {
         "checkpoint": str(checkpoint),
         "checkpoint_step": payload["step"],
@@ -319,7 +322,7 @@ def eval_settings(payload, checkpoint, episodes, execute, workers, seed, candida
         "execute": execute or horizon,
         "horizon": horizon,
         "obs_horizon": payload["dims"]["obs_horizon"],
-        "candidates": candidates or act.get("candidates"),
+        "candidates": (candidates or act.get("candidates")) if by_candidates else None,
         "select": act.get("select"),
         "actor": act.get("actor"),
         "time_limit": time_limit(env_id, max_steps),

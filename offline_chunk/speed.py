@@ -13,7 +13,8 @@ H = 5, batch 256), for each agent and network configuration:
   the FLOP/s achieved.
 
 Configurations: `default` (the CPU preset's networks), `matched` (sized like the official Diffusion-QL and
-CPQL networks: ~150k actor and ~300k critic parameters), `gpu` (the paper-scale preset's networks).
+CPQL networks: ~150k actor and ~300k critic parameters), `gpu` (the paper-scale preset's networks), and
+the recipes `qc` and `qc_cpu` whole (Q-chunking's QC: best of N with MLP critics, configs/train/qc*.yaml).
 `scaling` varies the batch size and H for one agent at `matched`.
 """
 
@@ -47,7 +48,9 @@ AGENTS = ("cpql", "dql", "chunk_sac", "td3bc")
 # default preset's (each agent's published settings). `matched` takes the quick preset's networks, sized
 # like the official Diffusion-QL and CPQL MLPs (160k actor, 2 x 149k critics): a one-level U-Net actor
 # (152k parameters) or a one-layer transformer actor (145k), and two U-Net critics (146k each).
-CONFIGS = {"default": "default", "matched": "quick", "gpu": "gpu"}
+CONFIGS = {"default": "default", "matched": "quick", "gpu": "gpu", "qc": "qc", "qc_cpu": "qc_cpu"}
+# Recipes are measured whole (backup, candidates, acting), not only their networks.
+RECIPES = ("qc", "qc_cpu")
 
 
 def synthetic_dataset(horizon: int = 5) -> OfflineRLDataset:
@@ -65,8 +68,10 @@ def synthetic_dataset(horizon: int = 5) -> OfflineRLDataset:
 def bench_config(agent: str, config: str, overrides: list[str] = ()) -> dict:
     if config not in CONFIGS:
         raise ValueError(f"config must be one of {', '.join(CONFIGS)}; got {config!r}")
-    cfg = load_config(agent, "default", overrides)
     sized = load_config(agent, CONFIGS[config], overrides)
+    if config in RECIPES:
+        return sized
+    cfg = load_config(agent, "default", overrides)
     for networks in ("policy", "critic"):
         cfg["agent"][networks] = sized["agent"][networks]
     return cfg

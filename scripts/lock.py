@@ -51,10 +51,32 @@ def read_lock(path: Path) -> dict[str, str]:
     return pins
 
 
+def torch_closure() -> set[str]:
+    """torch and every package it requires, transitively: a CUDA build brings packages (nvidia-*, cuda-*)
+    that the CPU lock cannot list; those the lock lists are still checked."""
+    seen, todo = set(), ["torch"]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            requirements = metadata.requires(name) or []
+        except metadata.PackageNotFoundError:
+            continue
+        todo += [
+            canonical(re.split(r"[ ;<>=!~\[(]", r, maxsplit=1)[0])
+            for r in requirements
+            if "extra ==" not in r
+        ]
+    return seen
+
+
 def check(path: Path) -> list[str]:
     """What differs between the lock and the installed environment (empty when they agree)."""
     pins = read_lock(path)
     installed = {canonical(d.metadata["Name"]): d.version for d in metadata.distributions()}
+    brought_by_torch = torch_closure()
     problems = [
         f"{name}: locked {version}, installed {installed.get(name, 'nothing')}"
         for name, version in sorted(pins.items())
@@ -63,7 +85,7 @@ def check(path: Path) -> list[str]:
     problems += [
         f"{name} {version}: installed but not in the lock"
         for name, version in sorted(installed.items())
-        if name not in pins and name != PROJECT and not torch_build(name)
+        if name not in pins and name != PROJECT and not torch_build(name) and name not in brought_by_torch
     ]
     return problems
 

@@ -9,6 +9,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from offline_chunk import load_agent
 from offline_chunk.agents.targets import (
     backup_value,
+    best_candidate,
     chunk_target,
     critic_loss,
     lerp_parameters_,
@@ -61,27 +62,40 @@ ONLINE_Q = torch.tensor([[[0.0, 9.0], [1.0, 1.0], [0.0, 9.0]], [[0.0, 9.0], [1.0
 
 
 @pytest.mark.parametrize(
-    "backup, next_value",
+    "backup, agg, next_value",
     [
         # min over critics then (N = 1) the single candidate: first candidate only
-        ("min", [4.0, 1.0, 8.0]),
-        ("mean", [4.5, 4.0, 9.0]),
-        # min over critics per candidate: [[4, 3], [1, 0], [8, -2]], then max over candidates
-        ("max_of_n", [4.0, 1.0, 8.0]),
-        # online min per candidate: [[0, 9], [1, 1], [0, 0]] -> argmax [1, 0, 0]; target min there: [3, 1, 8]
-        ("double", [3.0, 1.0, 8.0]),
+        ("min", "min", [4.0, 1.0, 8.0]),
+        ("mean", "mean", [4.5, 4.0, 9.0]),
+        # Diffusion-QL / CPQL order: per critic the max over candidates, [[6, 1, 10], [5, 7, 8]], then the min
+        # over critics. The other order (per candidate the min, [[4, 3], [1, 0], [8, -2]], then the max)
+        # gives 4 for state 0: the two orders differ there.
+        ("max_of_n", "min", [5.0, 1.0, 8.0]),
+        # QC: online mean per candidate [[0, 9], [1, 1], [2.5, 4.5]] -> j* = [1, 0 (a tie: the first), 1];
+        # target mean there: [(6 + 3) / 2, (1 + 7) / 2, (-2 + 0) / 2]
+        ("best_of_n", "mean", [4.5, 4.0, -1.0]),
+        # with min: online min [[0, 9], [1, 1], [0, 0]] -> j* = [1, 0, 0]; target min there [3, 1, 8]
+        ("best_of_n", "min", [3.0, 1.0, 8.0]),
     ],
 )
-def test_chunk_targets_by_hand(backup, next_value):
+def test_chunk_targets_by_hand(backup, agg, next_value):
     single = backup in ("min", "mean")
     target_q = TARGET_Q[..., :1] if single else TARGET_Q
-    online_q = ONLINE_Q if backup == "double" else None
-    value = backup_value(backup, target_q, online_q)
+    online_q = ONLINE_Q if backup == "best_of_n" else None
+    value = backup_value(backup, target_q, online_q, agg)
     np.testing.assert_allclose(value.numpy(), next_value)
     y = chunk_target(hand_batch(), value)
     # y = R + (1 - d) γ^τ V: the done row keeps only its reward.
     expected = [1 + 0.9 * next_value[0], 2.0, 3 + 0.5 * next_value[2]]
     np.testing.assert_allclose(y.numpy(), expected, rtol=1e-6)
+
+
+def test_best_candidate_is_argmax_of_the_aggregated_critics():
+    # mean over critics: [[0, 9], [1, 1], [2.5, 4.5]]; min: [[0, 9], [1, 1], [0, 0]]
+    assert best_candidate(ONLINE_Q, "mean").tolist() == [1, 0, 1]
+    assert best_candidate(ONLINE_Q, "min").tolist() == [1, 0, 0]
+    with pytest.raises(ValueError, match="aggregation 'max'"):
+        best_candidate(ONLINE_Q, "max")
 
 
 def test_monte_carlo_lower_bound_lifts_only_targets_below_the_recorded_return():
@@ -332,11 +346,28 @@ def test_a_version_1_checkpoint_loads_with_the_keys_it_predates(tmp_path):
     store = chain_store(tmp_path / "chain.zarr")
     path = train(tiny_config("cpql", store, tmp_path / "run", "steps=3"))
     payload = torch.load(path, weights_only=True)
-    assert payload["version"] == 2
+    assert payload["version"] == 3
     del payload["config"]["agent"]["target_lower_bound"]
     torch.save({**payload, "version": 1}, tmp_path / "v1.pt")
     assert load_agent(tmp_path / "v1.pt").cfg["target_lower_bound"] == "none"
-    assert read_checkpoint(tmp_path / "v1.pt")["version"] == 2
+    assert read_checkpoint(tmp_path / "v1.pt")["version"] == 3
+
+
+def test_a_version_2_checkpoint_acts_and_backs_up_as_it_did(tmp_path):
+    """Version 2 predates the critic kinds, `q_agg` and the acting critics: it had U-Net critics, acted by the
+    target critics' min, and its `double` backup is best_of_n with the min."""
+    store = chain_store(tmp_path / "chain.zarr")
+    path = train(tiny_config("dql", store, tmp_path / "run", "steps=3"))
+    payload = torch.load(path, weights_only=True)
+    agent_cfg = payload["config"]["agent"]
+    for section, key in (("critic", "kind"), ("act", "critic"), ("act", "q_agg")):
+        del agent_cfg[section][key]
+    del agent_cfg["q_agg"]
+    agent_cfg["backup"] = "double"
+    torch.save({**payload, "version": 2}, tmp_path / "v2.pt")
+    cfg = load_agent(tmp_path / "v2.pt").cfg
+    assert (cfg["backup"], cfg["q_agg"], cfg["critic"]["kind"]) == ("best_of_n", "min", "unet")
+    assert (cfg["act"]["critic"], cfg["act"]["q_agg"]) == ("target", "min")
 
 
 def test_bad_checkpoints_are_refused(tmp_path):

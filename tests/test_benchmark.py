@@ -1,5 +1,7 @@
 """Benchmark tables: task naming, the paper's reference figures, seed means and the headline."""
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -87,34 +89,68 @@ def test_summary_means_over_seeds_and_headline_is_last_three():
 
 
 def test_plan_has_each_seed_of_the_agent_and_of_its_bc_only_ablation(tmp_path):
-    runs = plan_runs(tmp_path / "store.zarr", ["cpql"], None, [0, 1], "quick", tmp_path, [])
+    runs = plan_runs(tmp_path / "store.zarr", ["td3bc"], None, [0, 1], "quick", tmp_path, [])
     assert [(r.label, r.seed) for r in runs] == [
-        ("cpql", 0),
-        ("cpql", 1),
-        ("cpql BC-only", 0),
-        ("cpql BC-only", 1),
+        ("td3bc", 0),
+        ("td3bc", 1),
+        ("td3bc BC-only", 0),
+        ("td3bc BC-only", 1),
     ]
-    agent, ablation = runs[0].cfg, runs[2].cfg
-    # the quick preset's QC mode: the BC generator (eta = 0) with the best of 32 chunks under Q
-    assert (agent["agent"]["eta"], agent["agent"]["act"]["candidates"]) == (0, 32)
-    assert agent["agent"]["target_lower_bound"] == "monte_carlo"
-    # BC-only: no Q term in the actor loss, and one sampled chunk per state (the critic never picks); the
-    # unused critic's target is the plain one
-    assert (ablation["agent"]["eta"], ablation["agent"]["act"]["candidates"]) == (0, 1)
-    assert ablation["agent"]["target_lower_bound"] == "none"
-    assert agent["steps"] == 6000 and runs[1].cfg["seed"] == 1
-    assert runs[3].run_dir == tmp_path / "cpql-BC-only-seed1"
+    assert (runs[0].cfg["agent"]["alpha"], runs[2].cfg["agent"]["alpha"]) == (2.5, 0)  # no Q term
+    assert not any(run.bc_only_from_checkpoints for run in runs)
+    assert runs[3].run_dir == tmp_path / "td3bc-BC-only-seed1"
     assert plan_runs(tmp_path / "s.zarr", ["cpql"], 500, [0], "quick", tmp_path, [])[0].cfg["steps"] == 500
-    alone = plan_runs(tmp_path / "s.zarr", ["cpql"], None, [0, 1], "quick", tmp_path, [], ablation=False)
-    assert [(r.label, r.seed) for r in alone] == [("cpql", 0), ("cpql", 1)]
+    alone = plan_runs(tmp_path / "s.zarr", ["td3bc"], None, [0, 1], "quick", tmp_path, [], ablation=False)
+    assert [(r.label, r.seed) for r in alone] == [("td3bc", 0), ("td3bc", 1)]
+
+
+def test_an_agent_trained_with_eta_0_is_its_own_bc_only_ablation(tmp_path):
+    """QC mode (the quick preset) and the qc recipe: the actor never sees Q, so the BC-only column is the
+    agent's own checkpoints acting by one candidate, with no second training run."""
+    for preset in ("quick", "qc-cpu"):
+        runs = plan_runs(tmp_path / "store.zarr", ["cpql"], None, [0, 1], preset, tmp_path, [])
+        assert [(r.label, r.seed, r.bc_only_from_checkpoints) for r in runs] == [
+            ("cpql", 0, True),
+            ("cpql", 1, True),
+        ]
+        assert runs[0].cfg["agent"]["eta"] == 0 and runs[0].cfg["agent"]["act"]["candidates"] > 1
     settings = benchmark.run_settings(runs).splitlines()
-    assert settings[0].startswith("- cpql: preset quick, 6,000 updates, batch 256, H = 5, seeds 0,1")
-    assert settings[0].endswith(
-        "; eta = 0, targets raised to the recorded return; acts by best of 32 chunks under Q (argmax)"
+    assert settings[0].startswith("- cpql: preset qc_cpu, 20,000 updates, batch 256, H = 5, seeds 0,1")
+    assert (
+        "50 evaluation episodes per point; eta = 0, plain Bellman targets; acts by best of 8" in settings[0]
     )
-    assert settings[1].endswith(
-        "; eta = 0, plain Bellman targets; acts by one sampled chunk (no choice by Q)"
+    assert settings[1].startswith("- cpql BC-only: the cpql checkpoints above")
+    # an agent with a Q term trains its ablation
+    with_q = plan_runs(tmp_path / "s.zarr", ["cpql"], None, [0], "quick", tmp_path, ["agent.eta=1"])
+    assert [(r.label, r.bc_only_from_checkpoints) for r in with_q] == [
+        ("cpql", False),
+        ("cpql BC-only", False),
+    ]
+    assert with_q[1].cfg["agent"]["act"]["candidates"] == 1
+
+
+def test_one_candidate_evaluations_use_each_evaluated_checkpoint_once(tmp_path, monkeypatch):
+    import offline_chunk.evaluate as evaluate_module
+
+    (run,) = plan_runs(tmp_path / "s.zarr", ["cpql"], None, [3], "quick", tmp_path, [])
+    run.run_dir.mkdir()
+    (run.run_dir / "evaluations.csv").write_text(
+        "step,train_seconds,success_rate\n1500,10.0,0.4\n3000,20.0,0.6\n"
     )
+    calls = []
+
+    def fake_evaluate(checkpoint, **kwargs):
+        calls.append((Path(checkpoint).name, kwargs["candidates"], kwargs["seed"], kwargs["episodes"]))
+        return {"success_rate": 0.1 * len(calls)}
+
+    monkeypatch.setattr(evaluate_module, "evaluate", fake_evaluate)
+    first = benchmark.evaluate_one_candidate(run)
+    assert calls == [("step_00001500.pt", 1, 3, 10), ("step_00003000.pt", 1, 3, 10)]
+    assert [(e.label, e.seed, e.step, e.wall_s, e.success) for e in first] == [
+        ("cpql BC-only", 3, 1500, 10.0, 0.1),
+        ("cpql BC-only", 3, 3000, 20.0, 0.2),
+    ]
+    assert benchmark.evaluate_one_candidate(run) == first and len(calls) == 2  # kept, not evaluated again
 
 
 class FakeTrain:

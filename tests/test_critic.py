@@ -158,3 +158,73 @@ def test_members_with_buffers_or_no_members_are_refused():
         Ensemble(lambda: nn.BatchNorm1d(3), size=2)
     with pytest.raises(ValueError, match="at least one member"):
         Ensemble(lambda: nn.Linear(2, 2), size=0)
+
+
+# --------------------------------------------------------------------------- Q-chunking's MLP critic
+
+MLP_HIDDEN = (16, 16, 8)
+
+
+def make_mlp_ensemble(horizon: int = 5, **kwargs) -> ChunkCriticEnsemble:
+    torch.manual_seed(0)
+    sizes = {"hidden_dims": MLP_HIDDEN, "layer_norm": True, **TINY, **kwargs}  # the U-Net's knobs unused
+    return ChunkCriticEnsemble(
+        OBS_DIM, OBS_HORIZON, ACTION_DIM, size=SIZE, kind="mlp", horizon=horizon, **sizes
+    )
+
+
+def reference_mlp(params: dict, obs: torch.Tensor, chunk: torch.Tensor, layer_norm: bool) -> torch.Tensor:
+    """QC's Value MLP written out for one member (utils/networks.py): x = [flattened obs, flattened chunk],
+    Dense -> GELU (tanh) -> LayerNorm for each hidden layer, then Dense(1); one chunk per state."""
+    x = torch.cat([obs.flatten(1), chunk.flatten(1)], dim=1)
+    first = torch.cat([params["obs_layer.weight"], params["chunk_layer.weight"]], dim=1)
+    weights = [first, *[params[f"hidden.{i}.weight"] for i in range(len(MLP_HIDDEN) - 1)]]
+    biases = [params["obs_layer.bias"], *[params[f"hidden.{i}.bias"] for i in range(len(MLP_HIDDEN) - 1)]]
+    for i, (weight, bias) in enumerate(zip(weights, biases, strict=True)):
+        x = torch.nn.functional.gelu(x @ weight.T + bias, approximate="tanh")
+        if layer_norm:
+            mean, var = x.mean(-1, keepdim=True), x.var(-1, unbiased=False, keepdim=True)
+            x = (x - mean) / torch.sqrt(var + 1e-6) * params[f"norms.{i}.weight"] + params[f"norms.{i}.bias"]
+    return (x @ params["value.weight"].T + params["value.bias"]).squeeze(-1)
+
+
+@pytest.mark.parametrize("layer_norm", [True, False])
+def test_mlp_critic_is_qc_value_mlp_on_the_concatenated_input(layer_norm):
+    ensemble = make_mlp_ensemble(layer_norm=layer_norm).double()
+    obs, chunk = (x.double() for x in make_inputs(5))
+    stacked = {name.removeprefix("stacked."): p.detach() for name, p in ensemble.state_dict().items()}
+    expected = torch.stack(
+        [reference_mlp({n: p[k] for n, p in stacked.items()}, obs, chunk, layer_norm) for k in range(SIZE)]
+    )
+    # float64 on both sides: the split first layer and the concatenation differ only by summation order
+    torch.testing.assert_close(ensemble(obs, chunk), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_mlp_critic_scores_candidates_as_one_at_a_time():
+    ensemble = make_mlp_ensemble().double()
+    obs, chunks = (x.double() for x in make_inputs(5, candidates=6))
+    expected = torch.stack([ensemble(obs, chunks[:, n]) for n in range(6)], dim=-1)
+    torch.testing.assert_close(ensemble(obs, chunks), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_mlp_critic_initialises_like_flax():
+    """Xavier-uniform kernels (the first bounded by the whole input width), zero biases, members apart."""
+    torch.manual_seed(0)
+    ensemble = make_mlp_ensemble(hidden_dims=(512, 256))
+    params = dict(ensemble.stacked.named_parameters())
+    fan_in = OBS_DIM * OBS_HORIZON + ACTION_DIM * 5
+    first = torch.cat([params["obs_layer.weight"], params["chunk_layer.weight"]], dim=-1)
+    for weight, bound in (
+        (first, (6 / (fan_in + 512)) ** 0.5),
+        (params["hidden.0.weight"], (6 / 768) ** 0.5),
+    ):
+        assert weight.abs().max() <= bound
+        # a uniform on [-b, b] has standard deviation b / sqrt(3); 512 x 27 draws put it within 2%
+        assert abs(weight.std().item() / (bound / 3**0.5) - 1) < 0.02
+    assert all((params[name] == 0).all() for name in ("obs_layer.bias", "hidden.0.bias", "value.bias"))
+    assert not torch.equal(params["obs_layer.weight"][0], params["obs_layer.weight"][1])
+
+
+def test_unknown_critic_kind_is_refused():
+    with pytest.raises(ValueError, match="critic.kind must be one of"):
+        ChunkCriticEnsemble(OBS_DIM, OBS_HORIZON, ACTION_DIM, kind="transformer")

@@ -272,6 +272,16 @@ def test_checkpoint_loads_and_acts_within_bounds(tmp_path, name, select):
 
 
 @pytest.mark.parametrize("name", ["chunk_sac", "td3bc"])
+def test_candidates_are_refused_for_agents_that_act_by_their_actor(tmp_path, name):
+    from offline_chunk.errors import ConfigError
+    from offline_chunk.evaluate import evaluate
+
+    final = train(tiny_config(name, chain_store(tmp_path / "chain.zarr"), tmp_path / "run", "steps=2"))
+    with pytest.raises(ConfigError, match=f"candidates=4: agent '{name}' does not act by candidate chunks"):
+        evaluate(final, candidates=4)
+
+
+@pytest.mark.parametrize("name", ["chunk_sac", "td3bc"])
 def test_resume_is_bit_identical(tmp_path, name):
     """Resumed at update 25, between TD3's delayed updates; SAC's temperature optimizer travels too."""
     store = chain_store(tmp_path / "chain.zarr")

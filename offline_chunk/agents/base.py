@@ -21,7 +21,10 @@ from torch import nn
 from offline_chunk.agents.targets import (
     BACKUPS,
     LOWER_BOUNDS,
+    Q_AGGREGATIONS,
+    aggregate,
     backup_value,
+    best_candidate,
     candidates_for,
     chunk_target,
     critic_loss,
@@ -55,6 +58,7 @@ class ChunkAgent(nn.Module):
 
     backups = BACKUPS  # the `backup` values the agent's next_state_value implements
     lower_bounds = LOWER_BOUNDS  # the `target_lower_bound` values its critic target allows
+    acts_by_candidates = False  # acting samples `act.candidates` chunks and picks one by Q
 
     def __init__(self, dims: Dims, cfg: dict, normalizer: Normalizer, total_steps: int):
         super().__init__()
@@ -70,7 +74,12 @@ class ChunkAgent(nn.Module):
         self.actor = make_policy(**cfg["policy"], **asdict(dims))
         critic_cfg = dict(cfg["critic"])
         self.critic = ChunkCriticEnsemble(
-            dims.obs_dim, dims.obs_horizon, dims.action_dim, size=critic_cfg.pop("ensemble"), **critic_cfg
+            dims.obs_dim,
+            dims.obs_horizon,
+            dims.action_dim,
+            size=critic_cfg.pop("ensemble"),
+            horizon=self.critic_horizon(dims),
+            **critic_cfg,
         )
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.actor_opt = adam(self.actor.parameters(), cfg["lr"])
@@ -139,6 +148,10 @@ class ChunkAgent(nn.Module):
     def critic_view(self, chunk: torch.Tensor) -> torch.Tensor:
         """The part of a (..., H, A) chunk the critics score: all of it (an agent may score a prefix)."""
         return chunk
+
+    def critic_horizon(self, dims: Dims) -> int:
+        """The length of the chunk `critic_view` gives the critics."""
+        return dims.horizon
 
     def update_critic(self, obs, actions, next_obs, batch) -> dict[str, torch.Tensor]:
         loss, metrics = self.critic_objective(obs, actions, next_obs, batch)
@@ -238,9 +251,7 @@ class DiffusionChunkAgent(ChunkAgent):
     """A diffusion-family actor (sample_candidates, bc_loss) with its EMA copy: backups over sampled
     candidate chunks, the normalised Q term of Diffusion-QL and CPQL, acting by Q over candidates."""
 
-    def __init__(self, dims: Dims, cfg: dict, normalizer: Normalizer, total_steps: int):
-        super().__init__(dims, cfg, normalizer, total_steps)
-        self.actor_ema = copy.deepcopy(self.actor).requires_grad_(False)
+    acts_by_candidates = True
 
     @torch.no_grad()
     def next_state_value(self, next_obs: torch.Tensor, batch: dict) -> torch.Tensor:
@@ -253,8 +264,25 @@ class DiffusionChunkAgent(ChunkAgent):
             policy = self.actor_ema if self.cfg["target_actor"] == "ema" else self.actor
             next_chunks = policy.sample_candidates(next_obs, n)
         target_q = self.critic_target(next_obs, next_chunks)  # (K, B, N)
-        online_q = self.critic(next_obs, next_chunks) if backup == "double" else None
-        return backup_value(backup, target_q, online_q)
+        online_q = self.critic(next_obs, next_chunks) if backup == "best_of_n" else None
+        return backup_value(backup, target_q, online_q, self.cfg["q_agg"])
+
+    def __init__(self, dims: Dims, cfg: dict, normalizer: Normalizer, total_steps: int):
+        for name, value in (("q_agg", cfg["q_agg"]), ("act.q_agg", cfg["act"]["q_agg"])):
+            if value not in Q_AGGREGATIONS:
+                raise ValueError(f"{self.name}: {name} must be one of {Q_AGGREGATIONS}, got {value!r}")
+        if cfg["act"]["critic"] not in ("online", "target"):
+            got = cfg["act"]["critic"]
+            raise ValueError(f"{self.name}: act.critic must be online or target, got {got!r}")
+        super().__init__(dims, cfg, normalizer, total_steps)
+        self.actor_ema = copy.deepcopy(self.actor).requires_grad_(False)
+
+    def actor_q_loss(self, obs: torch.Tensor, sample) -> torch.Tensor:
+        """The normalised Q term of a chunk the actor samples with gradients (`sample()`), or 0 with η = 0:
+        the behaviour-cloning generator alone (Q-chunking's QC) needs no sample."""
+        if self.cfg["eta"] == 0:
+            return torch.zeros((), device=obs.device)
+        return self.normalized_q_loss(obs, sample())
 
     def weighted_actor_loss(self, bc_loss: torch.Tensor, q_loss: torch.Tensor):
         """bc_weight · L_bc + eta · L_q, with each term as a metric."""
@@ -283,14 +311,16 @@ class DiffusionChunkAgent(ChunkAgent):
             lerp_parameters_(self.actor_ema, self.actor, 1.0 - cfg["ema_decay"])
 
     def choose_chunk(self, obs: torch.Tensor) -> torch.Tensor:
-        """N candidate chunks are sampled and one is chosen by the target critics' min Q (argmax, or a
-        softmax sample as in Diffusion-QL, by config)."""
+        """N candidate chunks are sampled and one is chosen by Q: `act.critic` (online or target critics),
+        `act.q_agg` over the ensemble (min or mean), and the argmax (best of N, as Q-chunking) or a softmax
+        sample (Diffusion-QL, CPQL)."""
         act_cfg = self.cfg["act"]
         policy = self.actor_ema if act_cfg["actor"] == "ema" else self.actor
         candidates = policy.sample_candidates(obs, act_cfg["candidates"])  # (B, N, H, A)
-        q = self.critic_target(obs, candidates).min(dim=0).values  # (B, N)
+        critic = self.critic if act_cfg["critic"] == "online" else self.critic_target
+        q = critic(obs, candidates)  # (K, B, N)
         if act_cfg["select"] == "argmax":
-            choice = q.argmax(dim=-1)
+            choice = best_candidate(q, act_cfg["q_agg"])
         else:
-            choice = torch.multinomial(torch.softmax(q, dim=-1), 1).squeeze(-1)
+            choice = torch.multinomial(torch.softmax(aggregate(q, act_cfg["q_agg"]), dim=-1), 1).squeeze(-1)
         return candidates[torch.arange(len(choice), device=choice.device), choice]

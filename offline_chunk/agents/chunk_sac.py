@@ -80,6 +80,9 @@ class ChunkSACAgent(ChunkAgent):
     def critic_view(self, chunk: torch.Tensor) -> torch.Tensor:
         return chunk[..., :1, :] if self.cfg["critic_input"] == "first_action" else chunk
 
+    def critic_horizon(self, dims: Dims) -> int:
+        return 1 if self.cfg["critic_input"] == "first_action" else dims.horizon
+
     # ------------------------------------------------------------------ critic
 
     @torch.no_grad()

@@ -20,6 +20,5 @@ class CPQLAgent(DiffusionChunkAgent):
         kind = self.cfg["bc_loss"]
         target = self.actor_ema if kind == "consistency" else None
         bc_loss = self.actor.bc_loss(obs, actions, action_mask, kind=kind, target=target).mean()
-        sampled = self.actor.sample(obs, keep_graph=True)
-        q_loss = self.normalized_q_loss(obs, sampled)
+        q_loss = self.actor_q_loss(obs, lambda: self.actor.sample(obs, keep_graph=True))
         return self.weighted_actor_loss(bc_loss, q_loss)

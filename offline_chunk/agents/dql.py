@@ -16,6 +16,6 @@ class DiffusionDoubleQAgent(DiffusionChunkAgent):
 
     def actor_loss(self, obs, actions, action_mask):
         bc_loss = self.actor.bc_loss(obs, actions, action_mask).mean()
-        sampled = self.actor.sample(obs, keep_graph=True)  # gradients flow through all T denoising steps
-        q_loss = self.normalized_q_loss(obs, sampled)
+        # â through all T denoising steps, with gradients
+        q_loss = self.actor_q_loss(obs, lambda: self.actor.sample(obs, keep_graph=True))
         return self.weighted_actor_loss(bc_loss, q_loss)

@@ -1,14 +1,20 @@
 """Chunk Bellman targets and target-network updates: the critic machinery every agent shares.
 
 Chunk (semi-Markov) target, DESIGN.md:   y = R^(τ) + (1 − d^(τ)) γ^τ V(s_{t+τ})
-with V the backup of the target critics at the next state over candidate next chunks a′:
+with V the backup of the target critics at the next state over candidate next chunks a′ (K critics,
+N candidates a′_1..a′_N sampled from the policy at s′; agg is `q_agg`, mean or min over the K critics):
 
-    min       min_k Q_k^targ(s′, a′), 1 candidate            clipped double Q (Fujimoto et al. 2018)
-    mean      mean_k Q_k^targ(s′, a′), 1 candidate
-    max_of_n  max_j min_k Q_k^targ(s′, a′_j)                 Diffusion-QL's max-Q backup over N chunks
-    double    min_k Q_k^targ(s′, a′_j*),                     Double DQN (van Hasselt et al. 2016):
-              j* = argmax_j min_k Q_k(s′, a′_j)              chosen online, valued by the targets
-    sarsa     min_k Q_k^targ(s′, a′_data)                    the data's own next chunk: policy evaluation
+    min        min_k Q_k^targ(s′, a′), 1 candidate           clipped double Q (Fujimoto et al. 2018)
+    mean       mean_k Q_k^targ(s′, a′), 1 candidate
+    max_of_n   min_k max_j Q_k^targ(s′, a′_j)                Diffusion-QL's and CPQL's max-Q backup: per
+                                                             critic the best of N, then the min over critics
+                                                             (agents/ql_diffusion.py, agents/ql_cm.py)
+    best_of_n  agg_k Q_k^targ(s′, a′_j*),                    Q-chunking's QC (agents/acfql.py, best-of-n):
+               j* = argmax_j agg_k Q_k(s′, a′_j)             chosen by the online critics, valued by the
+                                                             targets; with agg = min, Double DQN's rule
+    sarsa      min_k Q_k^targ(s′, a′_data)                   the data's own next chunk: policy evaluation
+
+Acting by best of N (`best_candidate`) applies the same choice at s.
 
 `target_lower_bound: monte_carlo` raises the target to the recorded return from t (MCAC, Wilcox et al. 2022;
 data/returns.py): y ← max(y, L_t).
@@ -18,7 +24,8 @@ from __future__ import annotations
 
 import torch
 
-BACKUPS = ("min", "mean", "max_of_n", "double", "sarsa")
+BACKUPS = ("min", "mean", "max_of_n", "best_of_n", "sarsa")
+Q_AGGREGATIONS = ("mean", "min")
 LOWER_BOUNDS = ("none", "monte_carlo")
 
 
@@ -34,21 +41,35 @@ def candidates_for(backup: str, n: int) -> int:
     """How many next chunks per state a backup needs sampled from the policy (0: taken from the data)."""
     if backup not in BACKUPS:
         raise ValueError(f"unknown backup {backup!r}; choose one of {BACKUPS}")
-    return {"max_of_n": n, "double": n, "sarsa": 0}.get(backup, 1)
+    return {"max_of_n": n, "best_of_n": n, "sarsa": 0}.get(backup, 1)
 
 
-def backup_value(backup: str, target_q: torch.Tensor, online_q: torch.Tensor | None = None) -> torch.Tensor:
-    """V(s′) from target-critic values (K, B, N) over N candidate chunks (and online values for `double`)."""
+def aggregate(q: torch.Tensor, agg: str) -> torch.Tensor:
+    """The ensemble's mean or min over its leading critic axis: (K, ...) -> (...)."""
+    if agg not in Q_AGGREGATIONS:
+        raise ValueError(f"unknown ensemble aggregation {agg!r}; choose one of {Q_AGGREGATIONS}")
+    return q.mean(dim=0) if agg == "mean" else q.min(dim=0).values
+
+
+def best_candidate(q: torch.Tensor, agg: str) -> torch.Tensor:
+    """j* = argmax_j agg_k Q_k(s, a_j): the index (B,) of the best of N candidates under q (K, B, N)."""
+    return aggregate(q, agg).argmax(dim=-1)
+
+
+def backup_value(
+    backup: str, target_q: torch.Tensor, online_q: torch.Tensor | None = None, agg: str = "mean"
+) -> torch.Tensor:
+    """V(s′) (B,) from target-critic values (K, B, N) over N candidate chunks; `best_of_n` also takes the
+    online critics' values (K, B, N) that choose the candidate, and the ensemble aggregation `agg`."""
     if backup == "mean":
-        return target_q.mean(dim=0).mean(dim=-1)
-    pessimistic = target_q.min(dim=0).values  # (B, N)
+        return target_q.mean(dim=0).mean(dim=-1)  # N = 1
     if backup in ("min", "sarsa"):
-        return pessimistic.mean(dim=-1)  # N = 1
+        return target_q.min(dim=0).values.mean(dim=-1)  # N = 1
     if backup == "max_of_n":
-        return pessimistic.max(dim=-1).values
-    if backup == "double":
-        chosen = online_q.min(dim=0).values.argmax(dim=-1, keepdim=True)  # (B, 1)
-        return pessimistic.gather(-1, chosen).squeeze(-1)
+        return target_q.max(dim=-1).values.min(dim=0).values
+    if backup == "best_of_n":
+        chosen = best_candidate(online_q, agg)[:, None]  # (B, 1)
+        return aggregate(target_q, agg).gather(-1, chosen).squeeze(-1)
     raise ValueError(f"unknown backup {backup!r}; choose one of {BACKUPS}")
 
 

@@ -2,14 +2,22 @@
 
 Shapes: obs (B, To, D); chunk (B, H, A) -> (B,), or N candidate chunks per state (B, N, H, A) -> (B, N).
 The ensemble adds a leading member axis: (K, B) or (K, B, N).
+
+Two kinds (`critic.kind`), with the same ensemble and target machinery:
+- `unet` (ChunkCritic): an observation encoder's feature as the FiLM condition of a 1D U-Net over the chunk.
+- `mlp` (MLPChunkCritic): Q-chunking's critic, an MLP on [flattened observation history, flattened chunk].
+Each takes its own size knobs from the critic config (`CRITIC_KINDS`); the other kind's are not used.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
+import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import nn
 
@@ -50,10 +58,91 @@ class ChunkCritic(nn.Module):
         return rearrange(values, "(b n) -> b n", n=n_candidates)
 
 
-class ChunkCriticEnsemble(Ensemble):
-    """`size` independently initialised ChunkCritics (sized by ChunkCritic's keyword arguments);
-    forward(obs, chunk) -> (K, B) or (K, B, N)."""
+class MLPChunkCritic(nn.Module):
+    """Q-chunking's critic (github ColinQiyangLi/qc, utils/networks.py `Value` and `MLP`): an MLP on the
+    observation concatenated with the flattened chunk, each hidden layer Dense -> GELU (tanh approximation,
+    flax's default) -> LayerNorm (eps 1e-6, flax's), a Dense(1) value; kernels Xavier-uniform (flax
+    variance_scaling(1, fan_avg, uniform)), biases 0.
 
-    def __init__(self, obs_dim: int, obs_horizon: int, action_dim: int, size: int = 2, **critic_kwargs):
-        member = functools.partial(ChunkCritic, obs_dim, obs_horizon, action_dim, **critic_kwargs)
+    The first Dense is split into its observation columns and its chunk columns, W [s; a] = W_s s + W_a a,
+    so that N candidate chunks of one state share the observation part, computed once per state."""
+
+    def __init__(
+        self,
+        obs_dim: int,
+        obs_horizon: int,
+        action_dim: int,
+        horizon: int,
+        hidden_dims: Sequence[int] = (512, 512, 512, 512),
+        layer_norm: bool = True,
+    ):
+        super().__init__()
+        obs_in, chunk_in = obs_dim * obs_horizon, action_dim * horizon
+        self.obs_layer = nn.Linear(obs_in, hidden_dims[0])
+        self.chunk_layer = nn.Linear(chunk_in, hidden_dims[0], bias=False)
+        self.hidden = nn.ModuleList(
+            nn.Linear(width_in, width_out)
+            for width_in, width_out in zip(hidden_dims[:-1], hidden_dims[1:], strict=True)
+        )
+        norm = functools.partial(nn.LayerNorm, eps=1e-6) if layer_norm else lambda width: nn.Identity()
+        self.norms = nn.ModuleList(norm(width) for width in hidden_dims)
+        self.value = nn.Linear(hidden_dims[-1], 1)
+        self._init_like_flax(obs_in + chunk_in)
+
+    @torch.no_grad()
+    def _init_like_flax(self, first_fan_in: int) -> None:
+        """Xavier-uniform kernels with the first layer's fan-in that of the whole concatenated input."""
+        first_bound = math.sqrt(6.0 / (first_fan_in + self.obs_layer.out_features))
+        for layer in (self.obs_layer, self.chunk_layer):
+            layer.weight.uniform_(-first_bound, first_bound)
+        for layer in (*self.hidden, self.value):
+            nn.init.xavier_uniform_(layer.weight)
+        for layer in (self.obs_layer, *self.hidden, self.value):
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, obs: torch.Tensor, chunk: torch.Tensor) -> torch.Tensor:
+        if chunk.dim() not in (3, 4):
+            raise ValueError(f"chunk must be (B, H, A) or (B, N, H, A), got shape {tuple(chunk.shape)}")
+        candidates = chunk.dim() == 4
+        obs_part = self.obs_layer(rearrange(obs, "b t d -> b (t d)"))  # once per state
+        chunk_part = self.chunk_layer(rearrange(chunk, "... h a -> ... (h a)"))
+        x = chunk_part + (obs_part[:, None] if candidates else obs_part)
+        x = self.norms[0](F.gelu(x, approximate="tanh"))
+        for layer, norm in zip(self.hidden, self.norms[1:], strict=True):
+            x = norm(F.gelu(layer(x), approximate="tanh"))
+        # The value layer in its parameters' precision under autocast, as ChunkQNet's (execution.py).
+        with torch.autocast(x.device.type, enabled=False):
+            return self.value(x.to(self.value.weight.dtype)).squeeze(-1)
+
+
+CRITIC_KINDS = {"unet": ChunkCritic, "mlp": MLPChunkCritic}
+
+
+def critic_sizes(kind: str, critic_cfg: dict) -> dict:
+    """The size knobs of the critic config that critic `kind` takes (the other kind's are not its own)."""
+    if kind not in CRITIC_KINDS:
+        raise ValueError(f"critic.kind must be one of {sorted(CRITIC_KINDS)}, got {kind!r}")
+    own = inspect.signature(CRITIC_KINDS[kind]).parameters
+    return {key: value for key, value in critic_cfg.items() if key in own}
+
+
+class ChunkCriticEnsemble(Ensemble):
+    """`size` independently initialised chunk critics of `kind` (sized by that critic's keyword
+    arguments); forward(obs, chunk) -> (K, B) or (K, B, N)."""
+
+    def __init__(
+        self,
+        obs_dim: int,
+        obs_horizon: int,
+        action_dim: int,
+        size: int = 2,
+        kind: str = "unet",
+        horizon: int | None = None,
+        **critic_kwargs,
+    ):
+        sizes = critic_sizes(kind, critic_kwargs)
+        shape = {"obs_dim": obs_dim, "obs_horizon": obs_horizon, "action_dim": action_dim}
+        if kind == "mlp":
+            shape["horizon"] = horizon  # the MLP's input width depends on H
+        member = functools.partial(CRITIC_KINDS[kind], **shape, **sizes)
         super().__init__(member, size)
