@@ -304,18 +304,46 @@ def evaluate_one_candidate(run: PlannedRun) -> list[Evaluation]:
     return read_evaluations(run.run_dir, f"{run.label} BC-only", run.seed, ONE_CANDIDATE_CSV)
 
 
+def resumable_checkpoint(run: PlannedRun) -> Path | None:
+    """The last step checkpoint of an unfinished earlier attempt at this very run (same configuration)."""
+    config = run.run_dir / "config.yaml"
+    if not config.exists() or yaml.safe_load(config.read_text()) != run.cfg:
+        return None
+    checkpoints = sorted((run.run_dir / "checkpoints").glob("step_*.pt"))
+    return checkpoints[-1] if checkpoints else None
+
+
+def keep_evaluations_until(run_dir: Path, step: int) -> None:
+    """Drop the evaluations after `step` (the resumed run makes them again)."""
+    path = run_dir / "evaluations.csv"
+    if path.exists():
+        header, *rows = path.read_text().splitlines()
+        path.write_text(
+            "\n".join([header, *[row for row in rows if int(row.split(",", 1)[0]) <= step]]) + "\n"
+        )
+
+
 def launch(run: PlannedRun, threads: int, quiet: bool) -> subprocess.Popen:
     """`python -m offline_chunk train` on the run's resolved config, in its own process with `threads`
-    intra-op threads; quiet runs write their output to <run>/train.log instead of the terminal."""
-    shutil.rmtree(run.run_dir, ignore_errors=True)  # an unfinished earlier attempt starts over
-    run.run_dir.mkdir(parents=True)
-    config = run.run_dir / "config.yaml"  # what `train` saves of a run, written here first as its input
-    config.write_text(yaml.safe_dump(run.cfg, sort_keys=False))
+    intra-op threads; quiet runs write their output to <run>/train.log instead of the terminal. An
+    unfinished earlier attempt with the same configuration resumes exactly from its last checkpoint (runs
+    resume bit-identically); one with another configuration starts over."""
+    latest = resumable_checkpoint(run)
+    if latest is not None:
+        step = int(latest.stem.removeprefix("step_"))
+        print(f"resuming     {run.label} seed {run.seed} from step {step:,} ({latest})")
+        keep_evaluations_until(run.run_dir, step)
+        command = [sys.executable, "-m", "offline_chunk", "train", "--resume", str(latest)]
+    else:
+        shutil.rmtree(run.run_dir, ignore_errors=True)
+        run.run_dir.mkdir(parents=True)
+        config = run.run_dir / "config.yaml"  # what `train` saves of a run, written here first as its input
+        config.write_text(yaml.safe_dump(run.cfg, sort_keys=False))
+        command = [sys.executable, "-m", "offline_chunk", "train", "--config", str(config)]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    command = [sys.executable, "-m", "offline_chunk", "train", "--config", str(config)]
     if not quiet:
         return subprocess.Popen(command, env=env)
-    with open(run.run_dir / "train.log", "w") as log:  # a progress line every 30 s, not every update
+    with open(run.run_dir / "train.log", "a") as log:  # a progress line every 30 s, not every update
         return subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, env={**env, "TQDM_MININTERVAL": "30"}
         )

@@ -3,7 +3,9 @@ without executing code (`torch.load(weights_only=True)`).
 
 Contents: a format marker and version, the agent's name, dims and resolved config, all module weights
 (actor, EMA actor, critics, target critics, normalizer), optimizer and LR-scheduler states, the update
-count, and the RNG states (torch CPU and CUDA, the batch sampler's generator).
+count, the RNG states (torch CPU and CUDA, the batch sampler's generator), and what evaluation needs of the
+training store (`store`: its path, simulator id, reward convention, observation keys, action bounds), so
+that a checkpoint copied without its store still evaluates.
 """
 
 from __future__ import annotations
@@ -46,8 +48,32 @@ def restore_rng_state(state: dict, sampler_generator: torch.Generator | None) ->
         sampler_generator.set_state(state["sampler"])
 
 
+# The training store's attributes that evaluation and analysis read (a checkpoint keeps them).
+STORE_ATTRIBUTES = (
+    "env_id",
+    "reward_mode",
+    "reward_source",
+    "reward_convention",
+    "obs_keys",
+    "action_low",
+    "action_high",
+    "source_format",
+)
+
+
+def store_provenance(store_path, attrs: dict) -> dict:
+    """What a checkpoint keeps of its training store: the path and the attributes evaluation reads."""
+    return {"path": str(store_path), **{key: attrs[key] for key in STORE_ATTRIBUTES if key in attrs}}
+
+
 def save_checkpoint(
-    path, agent: ChunkAgent, cfg: dict, step: int, sampler_generator: torch.Generator | None = None
+    path,
+    agent: ChunkAgent,
+    cfg: dict,
+    step: int,
+    sampler_generator: torch.Generator | None = None,
+    store: dict | None = None,
+    train_seconds: float = 0.0,
 ) -> Path:
     """Write to a temporary name in the same directory, then rename: a crash never leaves half a file."""
     path = Path(path)
@@ -62,6 +88,8 @@ def save_checkpoint(
         "weights": agent.state_dict(),
         "training": agent.training_state(),
         "rng": rng_state(sampler_generator),
+        "store": store or {},
+        "train_seconds": float(train_seconds),  # wall time spent updating so far, over resumed parts
     }
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:

@@ -7,6 +7,7 @@ Bad input prints one line naming the file, array, row and rule, and exits with s
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import warnings
 from pathlib import Path
@@ -68,7 +69,8 @@ def cmd_train(args) -> None:
     ]
     if args.resume or args.config:
         resume = read_checkpoint(args.resume) if args.resume else None
-        cfg = resume["config"] if resume else yaml.safe_load(Path(args.config).read_text())
+        # a copy: the checkpoint's own config stays as it was, for check_resume to compare against
+        cfg = copy.deepcopy(resume["config"]) if resume else yaml.safe_load(Path(args.config).read_text())
         for assignment in named + args.overrides:
             apply_override(cfg, assignment)
     else:

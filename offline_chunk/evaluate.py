@@ -263,11 +263,17 @@ def planner(agent):
     return plan
 
 
-def reward_convention(store) -> str:
-    """The store's reward convention, which the reported returns follow so that they compare with the
-    critic's values: OGBench's single-task reward ('ogbench'), or the Q-chunking paper's (r != 0) * -1
+def training_store_attributes(payload: dict) -> dict:
+    """What a checkpoint recorded of its training store (env id, reward convention, ...); a checkpoint from
+    before that record reads them from the store its config names."""
+    return payload.get("store") or store_attributes(payload["config"]["dataset"])
+
+
+def reward_convention(store_attrs: dict) -> str:
+    """The training store's reward convention, which the reported returns follow so that they compare with
+    the critic's values: OGBench's single-task reward ('ogbench'), or the Q-chunking paper's (r != 0) * -1
     ('sparse'); 'environment' (the simulator's own reward) for stores that do not say."""
-    return store_attributes(store).get("reward_mode", "environment")
+    return store_attrs.get("reward_mode", "environment")
 
 
 REWARD_TRANSFORMS = {"sparse": sparse_reward}  # per-step environment reward -> the store's convention
@@ -309,7 +315,8 @@ def eval_settings(payload, checkpoint, episodes, execute, workers, seed, candida
             f"candidates={candidates}: agent {payload['agent']!r} does not act by candidate chunks "
             "(it executes its actor's chunk)"
         )
-    env_id = env_id_from_store(store)
+    store_attrs = training_store_attributes(payload)
+    env_id = env_id_from_store(store, store_attrs)
     return {
         "checkpoint": str(checkpoint),
         "checkpoint_step": payload["step"],
@@ -326,7 +333,7 @@ def eval_settings(payload, checkpoint, episodes, execute, workers, seed, candida
         "select": act.get("select"),
         "actor": act.get("actor"),
         "time_limit": time_limit(env_id, max_steps),
-        "reward_convention": reward_convention(store),
+        "reward_convention": reward_convention(store_attrs),
         "device": str(pick_device(None)),
     }
 

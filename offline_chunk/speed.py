@@ -191,9 +191,9 @@ class FlopCount(TorchDispatchMode):
         return out
 
 
-def update_flops(agent: str, config: str, batch_size: int, horizon: int, dataset) -> int:
+def update_flops(agent: str, config: str, batch_size: int, horizon: int, dataset, overrides=()) -> int:
     """FLOPs of one eager update on the CPU (the count does not depend on device or compilation)."""
-    setup = bench_setup(agent, config, "cpu", batch_size, horizon, ["compile=false"], dataset)
+    setup = bench_setup(agent, config, "cpu", batch_size, horizon, [*overrides, "compile=false"], dataset)
     setup.step()  # optimizer state exists
     with FlopCount() as counter:
         setup.step()
@@ -228,7 +228,7 @@ def measure(
     rates = throughput(setup, blocks, block_updates)
     split = time_split(setup, split_updates)
     memory, memory_kind = peak_memory(setup.device)
-    flops = update_flops(agent, config, batch_size, horizon, dataset)
+    flops = update_flops(agent, config, batch_size, horizon, dataset, overrides)
     median = statistics.median(rates)
     count = lambda module: sum(p.numel() for p in module.parameters() if p.requires_grad)  # noqa: E731
     return SpeedResult(

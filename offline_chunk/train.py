@@ -23,12 +23,14 @@ from offline_chunk.agents.targets import batch_fields
 from offline_chunk.checkpoint import (
     agent_from_payload,
     pick_device,
+    read_checkpoint,
     restore_rng_state,
     save_checkpoint,
+    store_provenance,
 )
 from offline_chunk.data.dataset import OfflineRLDataset
 from offline_chunk.data.normalize import Normalizer
-from offline_chunk.errors import DivergenceError
+from offline_chunk.errors import ConfigError, DivergenceError
 
 
 @dataclass
@@ -41,10 +43,14 @@ class Run:
     step: int
     q_bound: float
     last_metrics: dict[str, float] = field(default_factory=dict)  # the means of the last log interval
+    train_seconds: float = 0.0  # wall time spent updating (evaluations excluded), over every resumed part
 
     def checkpoint(self, name: str | None = None) -> Path:
         path = self.run_dir / "checkpoints" / (name or f"step_{self.step:08d}.pt")
-        return save_checkpoint(path, self.agent, self.cfg, self.step, self.sampler.generator)
+        store = store_provenance(self.cfg["dataset"], self.dataset.data.attrs)
+        return save_checkpoint(
+            path, self.agent, self.cfg, self.step, self.sampler.generator, store, self.train_seconds
+        )
 
 
 def q_bound(reward: np.ndarray, gamma: float, factor: float) -> float:
@@ -57,6 +63,58 @@ def q_bound(reward: np.ndarray, gamma: float, factor: float) -> float:
 def default_run_dir(cfg: dict) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{cfg['agent']['name']}-{Path(cfg['dataset']).stem}-{stamp}"
+
+
+# What the networks' shapes and the chunk contract depend on: a resumed run cannot change them.
+FROZEN_ON_RESUME = (
+    "horizon",
+    "obs_horizon",
+    "gamma",
+    "drop_partial",
+    "agent.name",
+    "agent.policy",
+    "agent.critic",
+)
+
+
+def _at(cfg: dict, dotted: str):
+    for part in dotted.split("."):
+        cfg = cfg.get(part) if isinstance(cfg, dict) else None
+    return cfg
+
+
+def check_resume(resume: dict, cfg: dict) -> None:
+    """Refuse to resume with a change the checkpoint's networks or chunk transitions cannot take, or into a
+    run directory whose later checkpoints the resumed run would overwrite."""
+    changed = [
+        f"{key} ({_at(resume['config'], key)!r} -> {_at(cfg, key)!r})"
+        for key in FROZEN_ON_RESUME
+        if _at(resume["config"], key) != _at(cfg, key)
+    ]
+    if changed:
+        raise ConfigError(
+            f"resuming cannot change {', '.join(changed)}: the networks' shapes or the chunk transitions "
+            "depend on it; train a new run instead"
+        )
+    later = later_checkpoints(Path(cfg["run_dir"]) / "checkpoints", resume["step"])
+    if later:
+        raise ConfigError(
+            f"{cfg['run_dir']} holds checkpoints after step {resume['step']:,} ({', '.join(later)}); "
+            "resuming there would overwrite them. Fork into a new run directory: "
+            "make train RESUME=... RUN=<new dir> (train --resume ... --run <new dir>)"
+        )
+
+
+def later_checkpoints(directory: Path, step: int) -> list[str]:
+    """The checkpoints in `directory` from after update `step` that a run resumed there would write again:
+    step_<N>.pt and final.pt (by the step it holds). Interrupted and diverged ones keep their names."""
+    later = []
+    for path in sorted([*directory.glob("step_*.pt"), *directory.glob("final.pt")]):
+        digits = path.stem.removeprefix("step_")
+        saved_at = int(digits) if digits.isdigit() else read_checkpoint(path)["step"]
+        if saved_at > step:
+            later.append(f"{path.name} (step {saved_at:,})")
+    return later
 
 
 def build_run(cfg: dict, resume: dict | None = None) -> Run:
@@ -74,19 +132,26 @@ def build_run(cfg: dict, resume: dict | None = None) -> Run:
         agent = make_agent(cfg["agent"]["name"], dims, cfg["agent"], normalizer, cfg["steps"]).to(device)
         step = 0
     else:
+        dims = Dims(**resume["dims"])
+        if (dataset.obs_dim, dataset.action_dim) != (dims.obs_dim, dims.action_dim):
+            raise ConfigError(
+                f"{cfg['dataset']}: observations {dataset.obs_dim} and actions {dataset.action_dim} wide, "
+                f"the checkpoint's networks take {dims.obs_dim} and {dims.action_dim}"
+            )
         agent = agent_from_payload({**resume, "config": cfg}, device)
         restore_rng_state(resume["rng"], sampler.generator)
         step = resume["step"]
+    train_seconds = resume.get("train_seconds", 0.0) if resume is not None else 0.0
     agent.configure_execution(cfg["compile"], cfg["precision"])
-    run_dir = Path(cfg["run_dir"])
     return Run(
         cfg,
-        run_dir,
+        Path(cfg["run_dir"]),
         dataset,
         agent,
         sampler,
         step,
         q_bound(dataset.data.reward, cfg["gamma"], cfg["divergence_factor"]),
+        train_seconds=train_seconds,
     )
 
 
@@ -142,9 +207,16 @@ def log_interval(run: Run, writer: SummaryWriter, log: MetricLog, bar: tqdm, upd
     )
 
 
-def evaluate_in_training(run: Run, writer: SummaryWriter, checkpoint: Path, train_seconds: float) -> None:
+def evaluated_steps(run_dir: Path) -> set[int]:
+    path = run_dir / "evaluations.csv"
+    if not path.exists():
+        return set()
+    return {int(line.split(",", 1)[0]) for line in path.read_text().splitlines()[1:] if line}
+
+
+def evaluate_in_training(run: Run, writer: SummaryWriter, checkpoint: Path) -> None:
     """Roll the policy of this step's checkpoint out for `eval_episodes` episodes, log it to TensorBoard
-    and append it to <run>/evaluations.csv (what `make benchmark` reads)."""
+    and append it to <run>/evaluations.csv (what `make benchmark` reads) with the training time so far."""
     from offline_chunk.evaluate import evaluate  # simulators are imported only when a run evaluates
 
     cfg = run.cfg
@@ -171,7 +243,7 @@ def evaluate_in_training(run: Run, writer: SummaryWriter, checkpoint: Path, trai
         if new_file:
             f.write("step,train_seconds,success_rate,success_ci95_low,success_ci95_high,return_mean\n")
         f.write(
-            f"{run.step},{train_seconds:.1f},{report['success_rate']},{low},{high},{report['return_mean']}\n"
+            f"{run.step},{run.train_seconds:.1f},{report['success_rate']},{low},{high},{report['return_mean']}\n"
         )
 
 
@@ -180,8 +252,11 @@ def train_loop(run: Run) -> Path:
     writer = SummaryWriter(run.run_dir / "tb")
     log = MetricLog()
     bar = tqdm(total=cfg["steps"], initial=run.step, desc=f"train {cfg['agent']['name']}", unit="upd")
-    tick, tick_step = time.perf_counter(), run.step
-    train_seconds = 0.0  # wall time spent updating, evaluations excluded
+    evaluating = lambda: cfg["eval_every"] and run.step % cfg["eval_every"] == 0  # noqa: E731
+    if run.step and evaluating() and run.step not in evaluated_steps(run.run_dir):
+        evaluate_in_training(run, writer, run.checkpoint())  # resumed where an evaluation did not finish
+    clock = rate_clock = time.perf_counter()  # start of the current stretch of updates; of the log interval
+    rate_step = run.step
     try:
         while run.step < cfg["steps"]:
             log.add(run.agent.update(run.sampler.sample()))
@@ -189,15 +264,19 @@ def train_loop(run: Run) -> Path:
             bar.update(1)
             if run.step % cfg["log_every"] == 0 or run.step == cfg["steps"]:
                 now = time.perf_counter()
-                log_interval(run, writer, log, bar, (run.step - tick_step) / (now - tick))
-                train_seconds += now - tick
-                tick, tick_step = now, run.step
-            saved = run.checkpoint() if run.step % cfg["checkpoint_every"] == 0 else None
-            if cfg["eval_every"] and run.step % cfg["eval_every"] == 0:
-                checkpoint = saved or run.checkpoint()
-                evaluate_in_training(run, writer, checkpoint, train_seconds + time.perf_counter() - tick)
-                tick, tick_step = time.perf_counter(), run.step
+                log_interval(run, writer, log, bar, (run.step - rate_step) / (now - rate_clock))
+                rate_clock, rate_step = now, run.step
+            checkpointing = run.step % cfg["checkpoint_every"] == 0
+            if checkpointing or evaluating():
+                now = time.perf_counter()
+                run.train_seconds, clock = run.train_seconds + now - clock, now
+                saved = run.checkpoint() if checkpointing else None
+                if evaluating():
+                    evaluate_in_training(run, writer, saved or run.checkpoint())
+                    clock = rate_clock = time.perf_counter()  # the evaluation's time is not training time
+                    rate_step = run.step
     except KeyboardInterrupt:
+        run.train_seconds += time.perf_counter() - clock
         path = run.checkpoint(f"interrupted_step_{run.step:08d}.pt")
         bar.close()
         print(f"\ninterrupted at step {run.step}: checkpoint saved at {path}")
@@ -205,6 +284,7 @@ def train_loop(run: Run) -> Path:
     finally:
         writer.close()
         bar.close()
+    run.train_seconds += time.perf_counter() - clock
     return run.checkpoint("final.pt")
 
 
@@ -234,6 +314,8 @@ def train(cfg: dict, resume: dict | None = None) -> Path:
     """Train a run, or continue one from a checkpoint payload (its config, with any new overrides, is `cfg`).
     Returns the final checkpoint's path."""
     cfg = {**cfg, "run_dir": str(cfg["run_dir"] or default_run_dir(cfg))}
+    if resume is not None:
+        check_resume(resume, cfg)
     start = time.perf_counter()
     run = build_run(cfg, resume)
     first_step = run.step

@@ -193,3 +193,25 @@ def test_run_all_reuses_complete_runs_keeps_changed_ones_and_reports_failures(tm
     elsewhere = plan_runs(tmp_path / "s.zarr", ["td3bc"], 200, [0], "quick", tmp_path / "other", [])
     assert benchmark.run_all(elsewhere, jobs=1) == []  # another --out: trained there
     assert [(label, seed) for label, seed, *_ in launched] == [("td3bc", 0), ("td3bc BC-only", 0)]
+
+
+def test_an_unfinished_run_resumes_from_its_last_checkpoint(tmp_path, monkeypatch):
+    started = []
+    monkeypatch.setattr(benchmark.subprocess, "Popen", lambda command, **kwargs: started.append(command))
+    (run,) = plan_runs(tmp_path / "s.zarr", ["td3bc"], 100, [0], "quick", tmp_path, [], ablation=False)
+    (run.run_dir / "checkpoints").mkdir(parents=True)
+    (run.run_dir / "config.yaml").write_text(yaml.safe_dump(run.cfg))
+    for step in (100, 200):
+        (run.run_dir / "checkpoints" / f"step_{step:08d}.pt").write_bytes(b"")
+    (run.run_dir / "evaluations.csv").write_text(
+        "step,train_seconds,success_rate\n100,1,0\n200,2,0\n300,3,0\n"
+    )
+    benchmark.launch(run, threads=1, quiet=True)
+    assert started[-1][-2:] == ["--resume", str(run.run_dir / "checkpoints" / "step_00000200.pt")]
+    assert (
+        run.run_dir / "evaluations.csv"
+    ).read_text() == "step,train_seconds,success_rate\n100,1,0\n200,2,0\n"
+    # an attempt with another configuration starts over
+    (run.run_dir / "config.yaml").write_text(yaml.safe_dump({**run.cfg, "steps": 50}))
+    benchmark.launch(run, threads=1, quiet=True)
+    assert started[-1][-2] == "--config" and not (run.run_dir / "checkpoints").exists()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 from diffusers.optimization import get_scheduler
 from torch import nn
@@ -204,25 +205,33 @@ class ChunkAgent(nn.Module):
 
     # ------------------------------------------------------------------ using a trained agent
 
+    def _as_tensor(self, array) -> torch.Tensor:
+        """A float32 tensor on the agent's device, from a tensor or a numpy array (what a notebook holds)."""
+        return torch.as_tensor(array, dtype=torch.float32, device=next(self.parameters()).device)
+
     @torch.no_grad()
-    def q_value(self, observations: torch.Tensor, actions: torch.Tensor, reduce: str = "min") -> torch.Tensor:
-        """Q(s_t, a_t..a_{t+H-1}) in environment units: observations (B, To, D), actions (B, H, A).
+    def q_value(self, observations, actions, reduce: str = "min"):
+        """Q(s_t, a_t..a_{t+H-1}) in environment units: observations (B, To, D), actions (B, H, A), tensors
+        or numpy arrays; the result is of the same kind.
 
         reduce: 'min' (B,) the pessimistic value the agent backs up, 'mean' (B,), or 'none' (K, B) one
         value per critic. The online critics are used; critics that score a prefix of the chunk
         (`critic_view`, e.g. chunk_sac with critic_input=first_action) give the value of that prefix."""
-        q = self.critic(self.normalizer.obs(observations), self.critic_view(self.normalizer.action(actions)))
-        return {"min": lambda: q.min(dim=0).values, "mean": lambda: q.mean(dim=0), "none": lambda: q}[
-            reduce
-        ]()
+        obs, chunks = self._as_tensor(observations), self._as_tensor(actions)
+        q = self.critic(self.normalizer.obs(obs), self.critic_view(self.normalizer.action(chunks)))
+        q = {"min": lambda: q.min(dim=0).values, "mean": lambda: q.mean(dim=0), "none": lambda: q}[reduce]()
+        return q.cpu().numpy() if isinstance(observations, np.ndarray) else q
 
     @torch.no_grad()
-    def act(self, observation_history: torch.Tensor) -> torch.Tensor:
-        """Action chunk(s) in environment units: (To, D) -> (H, A), or a batch (B, To, D) -> (B, H, A)."""
-        single = observation_history.dim() == 2
-        obs = self.normalizer.obs(observation_history[None] if single else observation_history)
+    def act(self, observation_history):
+        """Action chunk(s) in environment units: (To, D) -> (H, A), or a batch (B, To, D) -> (B, H, A); a
+        tensor or a numpy array in, the same kind out."""
+        history = self._as_tensor(observation_history)
+        single = history.dim() == 2
+        obs = self.normalizer.obs(history[None] if single else history)
         chunk = self.normalizer.unnormalize_action(self.choose_chunk(obs).clamp(-1, 1))
-        return chunk[0] if single else chunk
+        chunk = chunk[0] if single else chunk
+        return chunk.cpu().numpy() if isinstance(observation_history, np.ndarray) else chunk
 
     def choose_chunk(self, obs: torch.Tensor) -> torch.Tensor:
         """(B, To, D) normalized observations -> (B, H, A) normalized chunks to execute."""
@@ -285,9 +294,12 @@ class DiffusionChunkAgent(ChunkAgent):
         return self.normalized_q_loss(obs, sample())
 
     def weighted_actor_loss(self, bc_loss: torch.Tensor, q_loss: torch.Tensor):
-        """bc_weight · L_bc + eta · L_q, with each term as a metric."""
+        """bc_weight · L_bc + eta · L_q, with each term as a metric. With eta = 0 the loss is the BC term
+        alone: torch 2.13's inductor returned `x + 0` without its gradient when `x.detach()` was returned
+        beside it (a CPU compile of the QC recipe failed in backward)."""
         bc_term, q_term = self.cfg["bc_weight"] * bc_loss, self.cfg["eta"] * q_loss
-        return bc_term + q_term, {
+        loss = bc_term if self.cfg["eta"] == 0 else bc_term + q_term
+        return loss, {
             "actor/bc_loss": bc_loss.detach(),
             "actor/q_loss": q_loss.detach(),
             "actor/bc_term": bc_term.detach(),

@@ -25,9 +25,10 @@ def store_attributes(store) -> dict:
     return dict(open_group(Path(store)).attrs.asdict())
 
 
-def env_id_from_store(store) -> str:
-    """The gymnasium id recorded in the store (`attrs["env_id"]`), checked to be registered."""
-    env_id = store_attributes(store).get("env_id")
+def env_id_from_store(store, attrs: dict | None = None) -> str:
+    """The gymnasium id recorded in the store (`attrs["env_id"]`, read from the store unless given, e.g. as a
+    checkpoint recorded them), checked to be registered."""
+    env_id = (store_attributes(store) if attrs is None else attrs).get("env_id")
     if not env_id:
         raise DataError(
             store,
