@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The `qc` recipe's table on 2 CPU cores (benchmarks/RESULTS.md, "QC on the CPU"): about 10 hours. Run it
+# from a checkout with `make install` done, e.g. in a clone of its own so that edits elsewhere do not reach
+# the runs: `bash benchmarks/qc_cpu_table.sh`. Every step is idempotent: stores that exist are kept,
+# finished runs are reused, and a run that stopped half-way resumes exactly from its last checkpoint, so
+# the script continues where an earlier session stopped. Each report lands in runs/qc-cpu/<name>/benchmark.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+store() {  # the benchmark's own store name for task $1, paper (sparse) reward, 1000 episodes
+    local out="data/bench/$1-1000ep-sparse.zarr"
+    [ -e "$out" ] || $PY -m offline_chunk dataset "ogbench:$1?episodes=1000&reward=sparse&workers=1" --out "$out" \
+        --no-progress
+}
+mkdir -p runs/qc-cpu
+store scene-play-singletask-task1-v0 > runs/qc-cpu/store-scene.log 2>&1 &
+store puzzle-3x3-play-singletask-task1-v0 > runs/qc-cpu/store-puzzle.log 2>&1 &
+wait
+bench() { $PY -m offline_chunk benchmark --agent cpql --preset qc-cpu --jobs 2 "$@"; }
+SCENE=scene-play-singletask-task1-v0
+# (a) the recipe on both tasks, 3 seeds; the BC-only column from the same checkpoints with one candidate
+bench --task $SCENE --seeds 0,1,2 --out runs/qc-cpu/scene-task1
+bench --task puzzle-3x3-play-singletask-task1-v0 --seeds 0,1,2 --out runs/qc-cpu/puzzle-task1
+# (b) ablations on scene task 1, 2 seeds each
+bench --task $SCENE --seeds 0,1 --no-ablation --out runs/qc-cpu/scene-task1-unet-critic agent.critic.kind=unet
+bench --task $SCENE --seeds 0,1 --no-ablation --out runs/qc-cpu/scene-task1-h1 horizon=1
+bench --task $SCENE --seeds 0,1 --no-ablation --out runs/qc-cpu/scene-task1-mc-bound agent.target_lower_bound=monte_carlo
