@@ -46,7 +46,7 @@ TASK_PATTERN = re.compile(r"^(?P<env>(scene|puzzle-\dx\d|cube-\w+)-play)-singlet
 # easiest tasks. Its reward is OGBench's (minus the subtasks unsolved) instead of QC's sparse one: on scene
 # task 1's 300-episode store the sparse reward tells 819 goal rows of 300,300 from the rest and left the
 # critic unable to rank the candidate chunks within a CPU hour, while OGBench's also marks the 15,116 rows
-# one subtask short (README, "Measured").
+# one subtask short (benchmarks/RESULTS.md, 2026-11-22).
 PRESETS = {
     "quick": {"episodes": 300, "train_preset": "quick", "reward": "ogbench"},
     "paper": {"episodes": 1000, "train_preset": "gpu", "reward": "paper"},

@@ -43,7 +43,6 @@ from offline_chunk.data.store import StepData
 from offline_chunk.execution import CompiledWithFallback
 
 ROWS, EPISODE, OBS_DIM, ACTION_DIM = 100_000, 1_000, 40, 5
-AGENTS = ("cpql", "dql", "chunk_sac", "td3bc")
 # Network sizes per configuration: the train preset whose networks are measured; everything else is the
 # default preset's (each agent's published settings). `matched` takes the quick preset's networks, sized
 # like the official Diffusion-QL and CPQL MLPs (160k actor, 2 x 149k critics): a one-level U-Net actor

@@ -4,6 +4,7 @@ training runs, checkpoints, exact resume, and refusal of bad checkpoint files.""
 import numpy as np
 import pytest
 import torch
+from helpers import ONLINE_Q, TARGET_Q, TINY_NETS, chain_store, monte_carlo_values, tiny_config
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from offline_chunk import load_agent
@@ -18,32 +19,8 @@ from offline_chunk.agents.targets import (
 from offline_chunk.checkpoint import read_checkpoint
 from offline_chunk.cli import main
 from offline_chunk.config import load_config
-from offline_chunk.data.store import StepData, write_store
 from offline_chunk.errors import CheckpointError, ConfigError
 from offline_chunk.train import build_run, train
-
-TINY_CRITIC_AND_WIDTH = [
-    "agent.policy.feature_dim=16",
-    "agent.critic.feature_dim=16",
-    "agent.critic.down_dims=[8, 16]",
-    "agent.critic.head_hidden=32",
-]
-TINY_UNET_ACTOR = ["agent.policy.down_dims=[8, 16]", "agent.act.candidates=4"]  # dql, cpql
-TINY_TRANSFORMER_ACTOR = [  # chunk_sac, td3bc
-    "agent.policy.num_heads=2",
-    "agent.policy.feedforward_dim=32",
-    "agent.policy.encoder_layers=1",
-    "agent.policy.decoder_layers=1",
-]
-
-
-def tiny_nets(agent: str) -> list[str]:
-    """Overrides that shrink an agent's networks to test size (each actor family has its own knobs)."""
-    transformer = agent in ("chunk_sac", "td3bc")
-    return TINY_CRITIC_AND_WIDTH + (TINY_TRANSFORMER_ACTOR if transformer else TINY_UNET_ACTOR)
-
-
-TINY_NETS = tiny_nets("cpql")
 
 # --------------------------------------------------------------------------- targets by hand
 
@@ -54,11 +31,6 @@ def hand_batch():
         "chunk_done": torch.tensor([0.0, 1.0, 0.0]),
         "discount_factor": torch.tensor([0.9, 0.81, 0.5]),
     }
-
-
-# K = 2 critics, B = 3 states, N = 2 candidate next chunks.
-TARGET_Q = torch.tensor([[[4.0, 6.0], [1.0, 1.0], [10.0, -2.0]], [[5.0, 3.0], [7.0, 0.0], [8.0, 0.0]]])
-ONLINE_Q = torch.tensor([[[0.0, 9.0], [1.0, 1.0], [0.0, 9.0]], [[0.0, 9.0], [1.0, 1.0], [5.0, 0.0]]])
 
 
 @pytest.mark.parametrize(
@@ -124,42 +96,6 @@ def test_lerp_parameters_is_polyak():
 
 
 # --------------------------------------------------------------------------- tiny stores
-
-
-def chain_store(path, episodes=4, length=8, reward_scale=1.0):
-    """A deterministic chain: row t of each episode observes one-hot(t), reward c (t + 1) / length with
-    c = reward_scale, terminal at the last row. Actions are a fixed function of t."""
-    t = np.tile(np.arange(length), episodes)
-    data = StepData(
-        observations={"obs": np.eye(length, dtype=np.float32)[t]},
-        action=np.stack([np.sin(t), np.cos(t)], axis=1).astype(np.float32) * 0.5,
-        reward=(reward_scale * (t + 1) / length).astype(np.float32),
-        terminal=t == length - 1,
-        episode_ends=np.arange(length, length * episodes + 1, length),
-        attrs={"action_low": [-1.0, -1.0], "action_high": [1.0, 1.0]},
-    )
-    return write_store(data, path)
-
-
-def monte_carlo_values(length: int, gamma: float) -> np.ndarray:
-    """G_t = Σ_{i>=0} γ^i r_{t+i} up to the terminal, with r_t = (t + 1) / length."""
-    rewards = (np.arange(length) + 1) / length
-    return np.array([sum(gamma**i * r for i, r in enumerate(rewards[t:])) for t in range(length)])
-
-
-def tiny_config(agent, store, run_dir, *extra):
-    overrides = [
-        f"dataset={store}",
-        f"run_dir={run_dir}",
-        "batch_size=32",
-        "horizon=2",
-        "gamma=0.9",
-        "log_every=10",
-        "checkpoint_every=1000",
-        *tiny_nets(agent),
-        *extra,
-    ]
-    return load_config(agent, "default", overrides)
 
 
 def test_sarsa_critic_converges_to_monte_carlo_chunk_values(tmp_path):

@@ -1,10 +1,11 @@
-"""Backups over candidate chunks and acting by best of N inside the diffusion agents (DESIGN.md, "Backups over
-candidate chunks"), by hand: the policy's candidates and the critics' values are fixed stand-ins, so the
-chunk each rule picks and the value it backs up are known in advance."""
+"""Backups over candidate chunks and acting by best of N inside the diffusion agents
+(docs/chunk_transitions.md, "Backups over candidate chunks"), by hand: the policy's candidates and the
+critics' values are fixed stand-ins, so the chunk each rule picks and the value it backs up are known in
+advance."""
 
 import pytest
 import torch
-from test_agents import ONLINE_Q, TARGET_Q, chain_store, tiny_config
+from helpers import ONLINE_Q, TARGET_Q, chain_store, tiny_config
 from torch import nn
 
 from offline_chunk.train import build_run

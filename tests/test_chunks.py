@@ -1,4 +1,5 @@
-"""The chunk index, `__getitem__` and the device sampler against a plain reading of DESIGN.md's rules."""
+"""The chunk index, `__getitem__` and the device sampler against a plain reading of the rules of
+docs/chunk_transitions.md."""
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from offline_chunk.data.store import StepData, write_store
 
 
 def reference_items(data: StepData, H: int, To: int, gamma: float, drop_partial: bool) -> dict[int, dict]:
-    """DESIGN.md's "SMDP chunk transitions", one start row at a time. Keyed by start row t."""
+    """docs/chunk_transitions.md, "Chunk transitions", one start row at a time. Keyed by start row t."""
     obs, action, reward, terminal = data.obs, data.action, data.reward, data.terminal
     items = {}
     b = 0

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_agents import TINY_NETS
+from helpers import TINY_NETS
 
 from offline_chunk.envs import ChunkExecutor
 from offline_chunk.errors import ConfigError, DataError
@@ -52,7 +52,7 @@ def test_receding_horizon_replans_after_k_actions():
 
 def test_history_is_padded_with_the_first_observation_and_slides():
     taken, plans = run_fake_episode(ChunkExecutor(obs_horizon=3, execute=1), length=4, horizon=2)
-    # DESIGN.md: history rows max(t - To + 1 + k, b), i.e. the episode's first row repeated.
+    # docs/chunk_transitions.md: history rows max(t - To + 1 + k, b), i.e. the episode's first row repeated.
     assert plans == [[0.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 1.0, 2.0], [1.0, 2.0, 3.0]]
 
 

@@ -6,15 +6,15 @@ import warnings
 
 import pytest
 import torch
-from test_agents import chain_store, tiny_config
+from helpers import chain_store, tiny_config
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import offline_chunk.agents.base as agent_base
+from offline_chunk.agents import AGENTS
 from offline_chunk.execution import CompiledWithFallback, autocast_context, compile_enabled
 from offline_chunk.train import build_run
 
 UPDATES = 300
-AGENTS = ["cpql", "dql", "chunk_sac", "td3bc"]
 
 
 class HostReads(TorchDispatchMode):
@@ -41,7 +41,7 @@ def test_host_read_detector_sees_item_and_masks():
     assert "aten::_local_scalar_dense" in reads.ops and "aten::nonzero" in reads.ops
 
 
-@pytest.mark.parametrize("agent", AGENTS)
+@pytest.mark.parametrize("agent", sorted(AGENTS))
 def test_sampling_and_update_read_nothing_on_the_host(tmp_path, agent):
     run = build_run(tiny_config(agent, chain_store(tmp_path / "chain.zarr"), tmp_path / "run"))
     for _ in range(2):  # optimizer state exists, targets have moved

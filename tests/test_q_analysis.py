@@ -10,8 +10,8 @@ import nbformat
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_config
 from nbclient import NotebookClient
-from test_agents import tiny_config
 
 from offline_chunk import load_agent
 from offline_chunk.data.chunks import build_chunk_index

@@ -5,7 +5,7 @@ checkpoints and exact resume."""
 import numpy as np
 import pytest
 import torch
-from test_agents import chain_store, tiny_config, tiny_nets
+from helpers import chain_store, tiny_config, tiny_nets
 from torch import nn
 from torch.distributions import Normal, TanhTransform, TransformedDistribution
 

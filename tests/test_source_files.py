@@ -8,7 +8,7 @@ import h5py
 import numpy as np
 import pytest
 import zarr
-from test_store import tree_digest
+from helpers import tree_digest
 
 from offline_chunk.cli import main
 from offline_chunk.data.sources import convert

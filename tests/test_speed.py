@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from offline_chunk import speed
+from offline_chunk.agents import AGENTS
 from offline_chunk.cli import main
 
 # The official networks (Diffusion-QL d871f5c, CPQL 34af027 with state 40, action 25): actor MLP 160,073
@@ -13,7 +14,7 @@ from offline_chunk.cli import main
 OFFICIAL_ACTOR, OFFICIAL_CRITIC = 160_073, 297_474
 
 
-@pytest.mark.parametrize("agent", speed.AGENTS)
+@pytest.mark.parametrize("agent", sorted(AGENTS))
 def test_matched_networks_are_sized_like_the_official_ones(agent):
     setup = speed.bench_setup(agent, "matched", "cpu")
     actor = sum(p.numel() for p in setup.agent.actor.parameters())

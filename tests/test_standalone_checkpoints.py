@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from test_agents import TINY_NETS, chain_store, tiny_config
+from helpers import TINY_NETS, chain_store, tiny_config
 
 from offline_chunk import load_agent
 from offline_chunk.checkpoint import read_checkpoint

@@ -1,11 +1,11 @@
 """Store validation: one clear line per broken rule, a non-zero exit, the input never modified."""
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import zarr
+from helpers import tree_digest
 
 from offline_chunk.cli import main
 from offline_chunk.data.store import StepData, open_store, write_store
@@ -32,14 +32,6 @@ def write_raw(path: Path, arrays: dict, attrs: dict | None = None) -> Path:
         group.create_array(name, shape=value.shape, dtype=value.dtype)[...] = value
     group.attrs.update(attrs or {})
     return path
-
-
-def tree_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(str(file.relative_to(path)).encode())
-        digest.update(file.read_bytes())
-    return digest.hexdigest()
 
 
 def inspect_fails(path: Path, capsys, *fragments: str) -> str:

@@ -1,6 +1,6 @@
 """Chunk Bellman targets and target-network updates: the critic machinery every agent shares.
 
-Chunk (semi-Markov) target, DESIGN.md:   y = R^(τ) + (1 − d^(τ)) γ^τ V(s_{t+τ})
+Chunk (semi-Markov) target, docs/chunk_transitions.md:   y = R^(τ) + (1 − d^(τ)) γ^τ V(s_{t+τ})
 with V the backup of the target critics at the next state over candidate next chunks a′ (K critics,
 N candidates a′_1..a′_N sampled from the policy at s′; agg is `q_agg`, mean or min over the K critics):
 

@@ -1,6 +1,7 @@
 """The chunk index: which rows start an action-chunk (semi-Markov) transition, and its τ, R^(τ), d, next row.
 
-The rules are DESIGN.md's "SMDP chunk transitions". For a start row t in an episode [b, e), horizon H:
+The rules of docs/chunk_transitions.md, "Chunk transitions". For a start row t in an episode [b, e),
+horizon H:
 
 1. j = first row in [t, min(t+H, e) - 1] with terminal[j]: τ = j - t + 1, d = 1.
 2. else if t + H <= e - 1: τ = H, d = 0 (next state row t + H).
@@ -71,7 +72,7 @@ def build_chunk_index(
     gamma: float,
     drop_partial: bool = True,
 ) -> ChunkIndex:
-    """Apply the DESIGN.md chunk rules to every row at once."""
+    """Apply the chunk rules of docs/chunk_transitions.md to every row at once."""
     if horizon < 1:
         raise ValueError(f"horizon must be >= 1, got {horizon}")
     if not 0.0 <= gamma <= 1.0:

@@ -1,7 +1,7 @@
 """Chunk transitions as tensors: `OfflineRLDataset` (inspection) and `ChunkSampler` (training).
 
 Both build items with the same gather, `gather_chunks`, so an item from `dataset[i]` and row k of a
-sampled batch are computed by one piece of code. Item fields follow DESIGN.md's table:
+sampled batch are computed by one piece of code. Item fields follow the table of docs/chunk_transitions.md:
 
     observations       (To, D)  rows max(t - To + 1 + k, b), k = 0..To-1
     next_observations  (To, D)  the same history ending at n = min(t + τ, e - 1)
@@ -155,7 +155,7 @@ class ChunkSampler:
 
 
 class OfflineRLDataset(Dataset):
-    """Action-chunk transitions of a step-level store (DESIGN.md's contract), in environment units.
+    """Action-chunk transitions of a step-level store (docs/chunk_transitions.md), in environment units.
 
     `dataset[i]` returns one item dict (for inspection, notebooks and tests); training uses
     `dataset.sampler(...)`, which keeps everything on the device and batches by gathers.

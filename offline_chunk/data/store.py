@@ -1,4 +1,4 @@
-"""The step-level store: diffusion_policy's ReplayBuffer layout in zarr (see DESIGN.md).
+"""The step-level store: diffusion_policy's ReplayBuffer layout in zarr (docs/chunk_transitions.md).
 
     data/<obs key>...   (N, D_k) float   observation at row t (keys in attrs["obs_keys"], concatenated)
     data/action         (N, A)   float   action taken at row t
@@ -118,7 +118,7 @@ def _check_action_bounds(path, action: np.ndarray, attrs: dict) -> None:
 
 
 def validate(data: StepData, path) -> None:
-    """Raise `DataError` for the first broken rule of the DESIGN.md layout."""
+    """Raise `DataError` for the first broken rule of the layout of docs/chunk_transitions.md."""
     if not data.observations:
         raise DataError(path, "no observation arrays (data/obs, or keys listed in attrs['obs_keys'])")
     _check_array(path, "data/action", data.action, 2, "f", None)

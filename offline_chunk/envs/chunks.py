@@ -25,7 +25,8 @@ class ChunkExecutor:
 
     def reset(self, obs: np.ndarray) -> None:
         """A new episode: the history is the first observation repeated To times, as the dataset pads an
-        episode's first rows (DESIGN.md: rows max(t - To + 1 + k, b)), and nothing is planned."""
+        episode's first rows (docs/chunk_transitions.md: rows max(t - To + 1 + k, b)), and nothing is
+        planned."""
         obs = np.asarray(obs, np.float32)
         self.history = np.repeat(obs[None], self.obs_horizon, axis=0)
         self.queue.clear()

@@ -71,7 +71,7 @@ def parse_spec(spec: str) -> SourceSpec:
 
 
 def load_source(spec: str, progress: bool = True) -> StepData:
-    """Read (or generate) a source into `StepData`, validated against the DESIGN.md rules.
+    """Read (or generate) a source into `StepData`, validated against the rules of docs/chunk_transitions.md.
 
     Errors name the source file, so a user sees which input broke which rule."""
     parsed = parse_spec(spec)

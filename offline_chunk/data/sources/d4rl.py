@@ -11,9 +11,10 @@ truncations and never a terminal; a row with both set is a terminal.
 
 The last transition of a timed-out episode is lost as a chunk transition. The row after a timeout
 starts the next episode, so the store has no successor observation for that row's action: under
-DESIGN.md's rules it is the last row of a truncated episode (tau = 0, not a transition), and chunks
-running into it bootstrap from its observation. d4rl's own `qlearning_dataset` likewise drops
-timeout rows. The same holds for the last row of the file when it carries no flag.
+the rules of docs/chunk_transitions.md it is the last row of a truncated episode (tau = 0, not a
+transition), and chunks running into it bootstrap from its observation. d4rl's own
+`qlearning_dataset` likewise drops timeout rows. The same holds for the last row of the file when it
+carries no flag.
 """
 
 from __future__ import annotations

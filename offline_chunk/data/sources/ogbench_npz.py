@@ -11,7 +11,8 @@ The file has no rewards. `?env=<single-task dataset name>` (e.g. `scene-play-sin
 every row with `ogbench.relabel_utils.relabel_dataset`, which scores s_t from its qpos / button_states:
 reward = successes - subtasks, mask = 0 where every subtask succeeds. Our store then holds
 reward[t] = reward, terminal[t] = (mask == 0), except in the last row of each episode, which is a time-limit
-end and so never terminal (DESIGN.md). `?reward=sparse` uses the Q-chunking paper's (r != 0) * -1 instead.
+end and so never terminal (docs/chunk_transitions.md). `?reward=sparse` uses the Q-chunking paper's
+(r != 0) * -1 instead.
 """
 
 from __future__ import annotations
