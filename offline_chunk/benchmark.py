@@ -2,7 +2,7 @@
 counts for each agent, seed and the behaviour-cloning-only ablation (eta = 0), and a markdown and CSV
 table of success against steps beside the Q-chunking paper's QC / FQL / BFN figures.
 
-Protocol (benchmarks/reference/README.md): scene and puzzle tasks use QC's sparse reward, cube tasks
+Protocol (reference/README.md): scene and puzzle tasks use QC's sparse reward, cube tasks
 OGBench's reward; discount 0.99, batch 256, H = 5, chunks executed open loop. The headline of a run is
 the mean of its last three evaluations, as FQL and QC report. The quick preset trains on OGBench's reward
 for every task (as OGBench and FQL do): see PRESETS.
@@ -25,7 +25,7 @@ import yaml
 
 from offline_chunk.errors import BenchmarkError
 
-REFERENCE_CSV = Path(__file__).resolve().parents[1] / "benchmarks" / "reference" / "qc_ogbench_offline.csv"
+REFERENCE_CSV = Path(__file__).resolve().parent / "reference" / "qc_ogbench_offline.csv"  # package data
 PAPER_METHODS = ("QC", "FQL", "BFN")
 # The behaviour-cloning-only ablation of each agent: its Q-driven actor term switched off, and acting without
 # the critic (one sampled chunk instead of the best of N under Q), so no number in its column uses Q. Its

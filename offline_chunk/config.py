@@ -15,7 +15,7 @@ import yaml
 
 from offline_chunk.errors import ConfigError
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # package data: works from an installed wheel
 
 
 def _read_yaml(path: Path) -> dict:
