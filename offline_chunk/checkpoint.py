@@ -10,14 +10,13 @@ that a checkpoint copied without its store still evaluates.
 
 from __future__ import annotations
 
-import os
-import uuid
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from offline_chunk.agents import ChunkAgent, Dims, make_agent
+from offline_chunk.atomic import write_atomic
 from offline_chunk.data.normalize import Normalizer
 from offline_chunk.errors import CheckpointError
 
@@ -91,13 +90,7 @@ def save_checkpoint(
         "store": store or {},
         "train_seconds": float(train_seconds),  # wall time spent updating so far, over resumed parts
     }
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_atomic(path, lambda tmp: torch.save(payload, tmp))
 
 
 def read_checkpoint(path) -> dict:

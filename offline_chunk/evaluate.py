@@ -26,7 +26,6 @@ import json
 import os
 import sys
 import time
-import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -38,6 +37,7 @@ import torch
 from tqdm import tqdm
 
 from offline_chunk.agents import AGENTS
+from offline_chunk.atomic import write_atomic
 from offline_chunk.checkpoint import agent_from_payload, pick_device, read_checkpoint
 from offline_chunk.data.sources.ogbench_npz import sparse_reward
 from offline_chunk.envs.chunks import ChunkExecutor
@@ -413,17 +413,6 @@ def evaluate(
 
 
 # --------------------------------------------------------------------------- outputs
-
-
-def write_atomic(path: Path, write) -> Path:
-    """`write(tmp)` to a temporary name in the same directory, then rename: no half-written final file."""
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def write_csv(path: Path, episodes: list[Episode]) -> None:

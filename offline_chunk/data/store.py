@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import numpy as np
 import zarr
 
 from offline_chunk import __version__
+from offline_chunk.atomic import sibling
 from offline_chunk.errors import DataError
 
 REQUIRED = ("data/action", "data/reward", "data/terminal", "meta/episode_ends")
@@ -229,7 +229,7 @@ def write_store(data: StepData, path, overwrite: bool = False) -> Path:
     if path.exists() and not overwrite:
         raise DataError(path, "already exists (pass --overwrite to replace it)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp = sibling(path)
     try:
         group = zarr.open_group(store=str(tmp), mode="w-", zarr_format=3)
         for key, obs in data.observations.items():
@@ -254,7 +254,7 @@ def write_store(data: StepData, path, overwrite: bool = False) -> Path:
 def _replace(tmp: Path, path: Path) -> None:
     """Move a finished store into place; an existing one is removed only after the new one is complete."""
     if path.exists():
-        trash = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
+        trash = sibling(path, "old")
         os.rename(path, trash)
         os.rename(tmp, path)
         shutil.rmtree(trash, ignore_errors=True)
