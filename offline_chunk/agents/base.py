@@ -262,6 +262,16 @@ class DiffusionChunkAgent(ChunkAgent):
 
     acts_by_candidates = True
 
+    def __init__(self, dims: Dims, cfg: dict, normalizer: Normalizer, total_steps: int):
+        for name, value in (("q_agg", cfg["q_agg"]), ("act.q_agg", cfg["act"]["q_agg"])):
+            if value not in Q_AGGREGATIONS:
+                raise ValueError(f"{self.name}: {name} must be one of {Q_AGGREGATIONS}, got {value!r}")
+        if cfg["act"]["critic"] not in ("online", "target"):
+            got = cfg["act"]["critic"]
+            raise ValueError(f"{self.name}: act.critic must be online or target, got {got!r}")
+        super().__init__(dims, cfg, normalizer, total_steps)
+        self.actor_ema = copy.deepcopy(self.actor).requires_grad_(False)
+
     @torch.no_grad()
     def next_state_value(self, next_obs: torch.Tensor, batch: dict) -> torch.Tensor:
         """The backup V(s_{t+τ}) over candidate next chunks (targets.py)."""
@@ -275,16 +285,6 @@ class DiffusionChunkAgent(ChunkAgent):
         target_q = self.critic_target(next_obs, next_chunks)  # (K, B, N)
         online_q = self.critic(next_obs, next_chunks) if backup == "best_of_n" else None
         return backup_value(backup, target_q, online_q, self.cfg["q_agg"])
-
-    def __init__(self, dims: Dims, cfg: dict, normalizer: Normalizer, total_steps: int):
-        for name, value in (("q_agg", cfg["q_agg"]), ("act.q_agg", cfg["act"]["q_agg"])):
-            if value not in Q_AGGREGATIONS:
-                raise ValueError(f"{self.name}: {name} must be one of {Q_AGGREGATIONS}, got {value!r}")
-        if cfg["act"]["critic"] not in ("online", "target"):
-            got = cfg["act"]["critic"]
-            raise ValueError(f"{self.name}: act.critic must be online or target, got {got!r}")
-        super().__init__(dims, cfg, normalizer, total_steps)
-        self.actor_ema = copy.deepcopy(self.actor).requires_grad_(False)
 
     def actor_q_loss(self, obs: torch.Tensor, sample) -> torch.Tensor:
         """The normalised Q term of a chunk the actor samples with gradients (`sample()`), or 0 with η = 0:
