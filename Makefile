@@ -33,14 +33,14 @@ OVERRIDES = $(subst ^,$(space),$(filter-out $(OWN_VARIABLES),$(subst \$(space),^
 help:
 	@echo "make install                    create $(VENV) with torch and every extra"
 	@echo "make dataset [DATA=...] [OUT=...] convert or generate a step-level zarr store"
-	@echo "make train [AGENT=cpql|dql] [DATASET=...] [STEPS=...] [RUN=...] [RESUME=ckpt] [PRESET=gpu] [key=value ...]"
+	@echo "make train [AGENT=cpql|dql|chunk_sac|td3bc] [DATASET=...] [STEPS=...] [RUN=...] [RESUME=ckpt] [PRESET=default|quick|gpu|qc|qc_cpu] [key=value ...]"
 	@echo "make eval CKPT=... [EPISODES=50] [EXECUTE=k] [WORKERS=2] [ARGS=...]  rollouts in the simulator"
-	@echo "make benchmark [TASK=...] [AGENT=a,b] [SEEDS=0,1,2] [JOBS=2] [STEPS=...] [BENCH=quick|paper] [REWARD=paper|sparse|ogbench]"
+	@echo "make benchmark [TASK=...] [AGENT=a,b] [SEEDS=0,1,2] [JOBS=2] [STEPS=...] [BENCH=quick|paper|qc|qc-cpu] [REWARD=paper|sparse|ogbench]"
 	@echo "make test                       fast CPU test suite (what CI runs)"
 	@echo "make test-portability           the same suite under 2 CPU kernel sets x 1 and 2 threads"
 	@echo "make lock                       re-resolve the newest versions into $(LOCK)"
 	@echo "make test-all                   also the slow tests"
-	@echo "make bench [AGENT=a,b] [DEVICE=cpu|cuda] [CONFIG=default,matched,gpu]  update speed table + JSON"
+	@echo "make bench [AGENT=a,b] [DEVICE=cpu|cuda] [CONFIG=default,matched,gpu,qc,qc_cpu]  update speed table + JSON"
 	@echo "make bench-scaling [AGENT=cpql] [DEVICE=...]  updates/s against batch size and H"
 	@echo "make bench-data                 chunk-index and sampler benchmarks"
 
@@ -106,7 +106,7 @@ test-portability: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m "" --benchmark-skip
 
-# Update speed (offline_chunk/speed.py): every agent unless AGENT is given on the command line.
+# Update speed (offline_chunk/harness/speed.py): every agent unless AGENT is given on the command line.
 DEVICE ?= auto
 CONFIG ?= default,matched
 bench: $(STAMP)

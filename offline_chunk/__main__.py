@@ -1,5 +1,5 @@
 import sys
 
-from offline_chunk.cli import main
+from offline_chunk.harness.cli import main
 
 sys.exit(main())

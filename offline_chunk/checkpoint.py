@@ -1,7 +1,8 @@
 """Checkpoints: one file holding everything needed to resume exactly, written atomically and loaded
 without executing code (`torch.load(weights_only=True)`).
 
-Contents: a format marker and version, the agent's name, dims and resolved config, all module weights
+Contents: a format marker and version, the agent's name, dims and resolved config (as a plain dict; read
+back as a checked `RunConfig`), all module weights
 (actor, EMA actor, critics, target critics, normalizer), optimizer and LR-scheduler states, the update
 count, the RNG states (torch CPU and CUDA, the batch sampler's generator), and what evaluation needs of the
 training store (`store`: its path, simulator id, reward convention, observation keys, action bounds), so
@@ -17,6 +18,7 @@ import torch
 
 from offline_chunk.agents import ChunkAgent, Dims, make_agent
 from offline_chunk.atomic import write_atomic
+from offline_chunk.config import RunConfig
 from offline_chunk.data.normalize import Normalizer
 from offline_chunk.errors import CheckpointError
 
@@ -68,7 +70,7 @@ def store_provenance(store_path, attrs: dict) -> dict:
 def save_checkpoint(
     path,
     agent: ChunkAgent,
-    cfg: dict,
+    cfg: RunConfig,
     step: int,
     sampler_generator: torch.Generator | None = None,
     store: dict | None = None,
@@ -82,7 +84,7 @@ def save_checkpoint(
         "version": VERSION,
         "agent": agent.name,
         "dims": asdict(agent.dims),
-        "config": cfg,
+        "config": cfg.model_dump(),
         "step": int(step),
         "weights": agent.state_dict(),
         "training": agent.training_state(),
@@ -111,7 +113,11 @@ def read_checkpoint(path) -> dict:
             f"{path}: checkpoint version {payload['version']} is newer than this "
             f"offline_chunk understands ({VERSION}); upgrade offline_chunk"
         )
-    return upgraded(payload)
+    payload = upgraded(payload)
+    try:
+        return {**payload, "config": RunConfig.model_validate(payload["config"])}
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: its config does not validate ({exc})") from exc
 
 
 def with_missing(config: dict, defaults: dict) -> dict:
@@ -137,10 +143,12 @@ def upgraded(payload: dict) -> dict:
 
 
 def agent_from_payload(payload: dict, device) -> ChunkAgent:
+    """The agent of a payload read by `read_checkpoint` (its config a RunConfig), weights and training
+    state loaded."""
     dims = Dims(**payload["dims"])
     cfg = payload["config"]
     normalizer = Normalizer(dims.obs_dim, dims.action_dim)
-    agent = make_agent(payload["agent"], dims, cfg["agent"], normalizer, total_steps=cfg["steps"]).to(device)
+    agent = make_agent(cfg.agent, dims, normalizer, total_steps=cfg.steps).to(device)
     agent.load_state_dict(payload["weights"])
     agent.load_training_state(payload["training"])  # after .to(): optimizer state follows the parameters
     return agent

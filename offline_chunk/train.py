@@ -1,5 +1,6 @@
 """The training loop: device-resident batches, agent updates, logging at intervals, atomic checkpoints,
-exact resume, a divergence guard, and a checkpoint on Ctrl-C.
+exact resume, a divergence guard, and a checkpoint on Ctrl-C. Periodic evaluation in a simulator is the
+harness's (offline_chunk.harness.evaluation.periodic_evaluator): the loop takes it as `evaluator`.
 
 Inside the loop nothing leaves the device except at `log_every` intervals, where the metrics summed
 on the device since the last log are read in one transfer.
@@ -8,6 +9,7 @@ on the device since the last log are read in one transfer.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -28,6 +30,7 @@ from offline_chunk.checkpoint import (
     save_checkpoint,
     store_provenance,
 )
+from offline_chunk.config import RunConfig
 from offline_chunk.data.dataset import OfflineRLDataset
 from offline_chunk.data.normalize import Normalizer
 from offline_chunk.errors import ConfigError, DivergenceError
@@ -35,7 +38,7 @@ from offline_chunk.errors import ConfigError, DivergenceError
 
 @dataclass
 class Run:
-    cfg: dict
+    cfg: RunConfig
     run_dir: Path
     dataset: OfflineRLDataset
     agent: ChunkAgent
@@ -44,10 +47,11 @@ class Run:
     q_bound: float
     last_metrics: dict[str, float] = field(default_factory=dict)  # the means of the last log interval
     train_seconds: float = 0.0  # wall time spent updating (evaluations excluded), over every resumed part
+    evaluator: Callable[[Path], dict] | None = None  # checkpoint -> evaluation report (success rate, ...)
 
     def checkpoint(self, name: str | None = None) -> Path:
         path = self.run_dir / "checkpoints" / (name or f"step_{self.step:08d}.pt")
-        store = store_provenance(self.cfg["dataset"], self.dataset.data.attrs)
+        store = store_provenance(self.cfg.dataset, self.dataset.data.attrs)
         return save_checkpoint(
             path, self.agent, self.cfg, self.step, self.sampler.generator, store, self.train_seconds
         )
@@ -60,9 +64,9 @@ def q_bound(reward: np.ndarray, gamma: float, factor: float) -> float:
     return float("inf") if gamma >= 1.0 else factor * largest / (1.0 - gamma)
 
 
-def default_run_dir(cfg: dict) -> Path:
+def default_run_dir(cfg: RunConfig) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{cfg['agent']['name']}-{Path(cfg['dataset']).stem}-{stamp}"
+    return Path("runs") / f"{cfg.agent.name}-{Path(cfg.dataset).stem}-{stamp}"
 
 
 # What the networks' shapes and the chunk contract depend on: a resumed run cannot change them.
@@ -77,29 +81,31 @@ FROZEN_ON_RESUME = (
 )
 
 
-def _at(cfg: dict, dotted: str):
+def _at(cfg: RunConfig, dotted: str):
+    value = cfg
     for part in dotted.split("."):
-        cfg = cfg.get(part) if isinstance(cfg, dict) else None
-    return cfg
+        value = getattr(value, part)
+    return value.model_dump() if hasattr(value, "model_dump") else value
 
 
-def check_resume(resume: dict, cfg: dict) -> None:
+def check_resume(resume: dict, cfg: RunConfig) -> None:
     """Refuse to resume with a change the checkpoint's networks or chunk transitions cannot take, or into a
     run directory whose later checkpoints the resumed run would overwrite."""
+    old = resume["config"]
     changed = [
-        f"{key} ({_at(resume['config'], key)!r} -> {_at(cfg, key)!r})"
+        f"{key} ({_at(old, key)!r} -> {_at(cfg, key)!r})"
         for key in FROZEN_ON_RESUME
-        if _at(resume["config"], key) != _at(cfg, key)
+        if _at(old, key) != _at(cfg, key)
     ]
     if changed:
         raise ConfigError(
             f"resuming cannot change {', '.join(changed)}: the networks' shapes or the chunk transitions "
             "depend on it; train a new run instead"
         )
-    later = later_checkpoints(Path(cfg["run_dir"]) / "checkpoints", resume["step"])
+    later = later_checkpoints(Path(cfg.run_dir) / "checkpoints", resume["step"])
     if later:
         raise ConfigError(
-            f"{cfg['run_dir']} holds checkpoints after step {resume['step']:,} ({', '.join(later)}); "
+            f"{cfg.run_dir} holds checkpoints after step {resume['step']:,} ({', '.join(later)}); "
             "resuming there would overwrite them. Fork into a new run directory: "
             "make train RESUME=... RUN=<new dir> (train --resume ... --run <new dir>)"
         )
@@ -117,40 +123,36 @@ def later_checkpoints(directory: Path, step: int) -> list[str]:
     return later
 
 
-def build_run(cfg: dict, resume: dict | None = None) -> Run:
-    device = pick_device(cfg["device"])
-    torch.manual_seed(cfg["seed"])
-    dataset = OfflineRLDataset(
-        cfg["dataset"], cfg["horizon"], cfg["obs_horizon"], cfg["gamma"], cfg["drop_partial"]
-    )
-    sampler = dataset.sampler(
-        cfg["batch_size"], device=device, seed=cfg["seed"], **batch_fields(cfg["agent"])
-    )
+def build_run(cfg: RunConfig, resume: dict | None = None) -> Run:
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    dataset = OfflineRLDataset(cfg.dataset, cfg.horizon, cfg.obs_horizon, cfg.gamma, cfg.drop_partial)
+    sampler = dataset.sampler(cfg.batch_size, device=device, seed=cfg.seed, **batch_fields(cfg.agent))
     if resume is None:
-        dims = Dims(dataset.obs_dim, cfg["obs_horizon"], dataset.action_dim, cfg["horizon"])
+        dims = Dims(dataset.obs_dim, cfg.obs_horizon, dataset.action_dim, cfg.horizon)
         normalizer = Normalizer.from_data(dataset.data)
-        agent = make_agent(cfg["agent"]["name"], dims, cfg["agent"], normalizer, cfg["steps"]).to(device)
+        agent = make_agent(cfg.agent, dims, normalizer, cfg.steps).to(device)
         step = 0
     else:
         dims = Dims(**resume["dims"])
         if (dataset.obs_dim, dataset.action_dim) != (dims.obs_dim, dims.action_dim):
             raise ConfigError(
-                f"{cfg['dataset']}: observations {dataset.obs_dim} and actions {dataset.action_dim} wide, "
+                f"{cfg.dataset}: observations {dataset.obs_dim} and actions {dataset.action_dim} wide, "
                 f"the checkpoint's networks take {dims.obs_dim} and {dims.action_dim}"
             )
         agent = agent_from_payload({**resume, "config": cfg}, device)
         restore_rng_state(resume["rng"], sampler.generator)
         step = resume["step"]
     train_seconds = resume.get("train_seconds", 0.0) if resume is not None else 0.0
-    agent.configure_execution(cfg["compile"], cfg["precision"])
+    agent.configure_execution(cfg.compile, cfg.precision)
     return Run(
         cfg,
-        Path(cfg["run_dir"]),
+        Path(cfg.run_dir),
         dataset,
         agent,
         sampler,
         step,
-        q_bound(dataset.data.reward, cfg["gamma"], cfg["divergence_factor"]),
+        q_bound(dataset.data.reward, cfg.gamma, cfg.divergence_factor),
         train_seconds=train_seconds,
     )
 
@@ -215,19 +217,9 @@ def evaluated_steps(run_dir: Path) -> set[int]:
 
 
 def evaluate_in_training(run: Run, writer: SummaryWriter, checkpoint: Path) -> None:
-    """Roll the policy of this step's checkpoint out for `eval_episodes` episodes, log it to TensorBoard
-    and append it to <run>/evaluations.csv (what `make benchmark` reads) with the training time so far."""
-    from offline_chunk.evaluate import evaluate  # simulators are imported only when a run evaluates
-
-    cfg = run.cfg
-    report = evaluate(
-        checkpoint,
-        episodes=cfg["eval_episodes"],
-        workers=cfg["eval_workers"],
-        seed=cfg["seed"],
-        max_steps=cfg["eval_max_steps"],
-        progress=False,
-    )
+    """Evaluate this step's checkpoint (`run.evaluator`), log it to TensorBoard and append it to
+    <run>/evaluations.csv (what `make benchmark` reads) with the training time so far."""
+    report = run.evaluator(checkpoint)
     low, high = report["success_ci95"]
     for key, value in (
         ("success_rate", report["success_rate"]),
@@ -251,22 +243,22 @@ def train_loop(run: Run) -> Path:
     cfg = run.cfg
     writer = SummaryWriter(run.run_dir / "tb")
     log = MetricLog()
-    bar = tqdm(total=cfg["steps"], initial=run.step, desc=f"train {cfg['agent']['name']}", unit="upd")
-    evaluating = lambda: cfg["eval_every"] and run.step % cfg["eval_every"] == 0  # noqa: E731
+    bar = tqdm(total=cfg.steps, initial=run.step, desc=f"train {cfg.agent.name}", unit="upd")
+    evaluating = lambda: cfg.eval_every and run.step % cfg.eval_every == 0  # noqa: E731
     if run.step and evaluating() and run.step not in evaluated_steps(run.run_dir):
         evaluate_in_training(run, writer, run.checkpoint())  # resumed where an evaluation did not finish
     clock = rate_clock = time.perf_counter()  # start of the current stretch of updates; of the log interval
     rate_step = run.step
     try:
-        while run.step < cfg["steps"]:
+        while run.step < cfg.steps:
             log.add(run.agent.update(run.sampler.sample()))
             run.step += 1
             bar.update(1)
-            if run.step % cfg["log_every"] == 0 or run.step == cfg["steps"]:
+            if run.step % cfg.log_every == 0 or run.step == cfg.steps:
                 now = time.perf_counter()
                 log_interval(run, writer, log, bar, (run.step - rate_step) / (now - rate_clock))
                 rate_clock, rate_step = now, run.step
-            checkpointing = run.step % cfg["checkpoint_every"] == 0
+            checkpointing = run.step % cfg.checkpoint_every == 0
             if checkpointing or evaluating():
                 now = time.perf_counter()
                 run.train_seconds, clock = run.train_seconds + now - clock, now
@@ -293,13 +285,13 @@ def summary(run: Run, first_step: int, final: Path, seconds: float) -> str:
     updates = run.step - first_step
     means = run.last_metrics
     lines = [
-        f"trained      {run.cfg['agent']['name']}: {updates:,} updates (step {first_step:,} to {run.step:,}) "
+        f"trained      {run.cfg.agent.name}: {updates:,} updates (step {first_step:,} to {run.step:,}) "
         f"in {seconds / 60:.1f} min, {updates / max(seconds, 1e-9):.1f} updates/s",
     ]
     if means:
         lines.append(
             f"final        critic loss {means['critic/loss']:.4g}   Q mean {means['critic/q_mean']:.4g}   "
-            f"target {means['critic/target_q']:.4g}   (means over the last {run.cfg['log_every']} updates)"
+            f"target {means['critic/target_q']:.4g}   (means over the last {run.cfg.log_every} updates)"
         )
     lines += [
         f"checkpoint   {final}",
@@ -310,17 +302,26 @@ def summary(run: Run, first_step: int, final: Path, seconds: float) -> str:
     return "\n".join(lines)
 
 
-def train(cfg: dict, resume: dict | None = None) -> Path:
+def train(
+    cfg: RunConfig, resume: dict | None = None, evaluator: Callable[[Path], dict] | None = None
+) -> Path:
     """Train a run, or continue one from a checkpoint payload (its config, with any new overrides, is `cfg`).
-    Returns the final checkpoint's path."""
-    cfg = {**cfg, "run_dir": str(cfg["run_dir"] or default_run_dir(cfg))}
+    With `eval_every`, `evaluator` evaluates a checkpoint (`python -m offline_chunk train` passes the
+    simulator rollouts of offline_chunk.harness.evaluation). Returns the final checkpoint's path."""
+    cfg = cfg.model_copy(update={"run_dir": str(cfg.run_dir or default_run_dir(cfg))})
+    if cfg.eval_every and evaluator is None:
+        raise ConfigError(
+            f"eval_every={cfg.eval_every} needs an evaluator: train(cfg, evaluator="
+            "offline_chunk.harness.evaluation.periodic_evaluator(cfg)), or eval_every=0"
+        )
     if resume is not None:
         check_resume(resume, cfg)
     start = time.perf_counter()
     run = build_run(cfg, resume)
+    run.evaluator = evaluator
     first_step = run.step
     run.run_dir.mkdir(parents=True, exist_ok=True)
-    (run.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    (run.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
     final = train_loop(run)
     print(summary(run, first_step, final, time.perf_counter() - start))
     return final

@@ -17,9 +17,9 @@ from offline_chunk.agents.targets import (
     lower_bounded,
 )
 from offline_chunk.checkpoint import read_checkpoint
-from offline_chunk.cli import main
 from offline_chunk.config import load_config
 from offline_chunk.errors import CheckpointError, ConfigError
+from offline_chunk.harness.cli import main
 from offline_chunk.train import build_run, train
 
 # --------------------------------------------------------------------------- targets by hand
@@ -115,7 +115,7 @@ def test_sarsa_critic_converges_to_monte_carlo_chunk_values(tmp_path):
     )
     run = build_run(cfg)
     agent = run.agent
-    for _ in range(cfg["steps"]):
+    for _ in range(cfg.steps):
         batch = run.sampler.sample()
         obs = agent.normalizer.obs(batch["observations"])
         agent.update_critic(
@@ -188,10 +188,13 @@ def test_with_eta_0_the_actor_never_sees_the_critic(tmp_path):
 
 
 def test_chunk_sac_refuses_the_return_bound(tmp_path):
-    store = chain_store(tmp_path / "chain.zarr")
-    cfg = tiny_config("chunk_sac", store, tmp_path / "run", "agent.target_lower_bound=monte_carlo")
-    with pytest.raises(ValueError, match="target_lower_bound must be one of"):
-        build_run(cfg)
+    """A soft Q adds entropy bonuses that the recorded return does not bound: chunk_sac has no such option."""
+    with pytest.raises(
+        ConfigError, match="agent.target_lower_bound: Input should be 'none' .got 'monte_carlo'"
+    ):
+        tiny_config(
+            "chunk_sac", tmp_path / "chain.zarr", tmp_path / "run", "agent.target_lower_bound=monte_carlo"
+        )
 
 
 # --------------------------------------------------------------------------- training runs
@@ -204,7 +207,7 @@ def test_agent_trains_with_finite_decreasing_critic_loss(tmp_path, agent_name):
     cfg = tiny_config(agent_name, store, tmp_path / "run", "steps=150")
     run = build_run(cfg)
     losses = []
-    for _ in range(cfg["steps"]):
+    for _ in range(cfg.steps):
         metrics = run.agent.update(run.sampler.sample())
         assert all(torch.isfinite(v) for v in metrics.values())
         losses.append(metrics["critic/loss"].item())
@@ -269,7 +272,7 @@ def test_resume_is_bit_identical(tmp_path):
     straight = train(tiny_config("dql", store, tmp_path / "a", *steps))
     resumed_from = tmp_path / "a" / "checkpoints" / "step_00000025.pt"
     payload = read_checkpoint(resumed_from)
-    cfg = {**payload["config"], "run_dir": str(tmp_path / "b")}
+    cfg = payload["config"].model_copy(update={"run_dir": str(tmp_path / "b")})
     resumed = train(cfg, payload)
     a, b = read_checkpoint(straight)["weights"], read_checkpoint(resumed)["weights"]
     assert a.keys() == b.keys()
@@ -285,7 +288,7 @@ def test_a_version_1_checkpoint_loads_with_the_keys_it_predates(tmp_path):
     assert payload["version"] == 3
     del payload["config"]["agent"]["target_lower_bound"]
     torch.save({**payload, "version": 1}, tmp_path / "v1.pt")
-    assert load_agent(tmp_path / "v1.pt").cfg["target_lower_bound"] == "none"
+    assert load_agent(tmp_path / "v1.pt").cfg.target_lower_bound == "none"
     assert read_checkpoint(tmp_path / "v1.pt")["version"] == 3
 
 
@@ -302,8 +305,8 @@ def test_a_version_2_checkpoint_acts_and_backs_up_as_it_did(tmp_path):
     agent_cfg["backup"] = "double"
     torch.save({**payload, "version": 2}, tmp_path / "v2.pt")
     cfg = load_agent(tmp_path / "v2.pt").cfg
-    assert (cfg["backup"], cfg["q_agg"], cfg["critic"]["kind"]) == ("best_of_n", "min", "unet")
-    assert (cfg["act"]["critic"], cfg["act"]["q_agg"]) == ("target", "min")
+    assert (cfg.backup, cfg.q_agg, cfg.critic.kind) == ("best_of_n", "min", "unet")
+    assert (cfg.act.critic, cfg.act.q_agg) == ("target", "min")
 
 
 def test_bad_checkpoints_are_refused(tmp_path):
@@ -334,8 +337,8 @@ def test_unknown_override_is_an_error():
 
 
 def test_presets_resolve_per_agent_values():
-    assert load_config("dql", "default")["steps"] == 1200  # DQL's CPU budget
-    assert load_config("cpql", "default")["steps"] == 3000
+    assert load_config("dql", "default").steps == 1200  # DQL's CPU budget
+    assert load_config("cpql", "default").steps == 3000
     gpu = load_config("dql", "gpu")
-    assert gpu["steps"] == 1_000_000 and "per_agent" not in gpu  # a later preset's value wins
-    assert gpu["agent"]["policy"]["down_dims"] == [64, 128, 256]
+    assert gpu.steps == 1_000_000 and "per_agent" not in gpu.model_dump()  # a later preset's value wins
+    assert gpu.agent.policy.down_dims == [64, 128, 256]

@@ -8,6 +8,7 @@ import torch
 from helpers import ONLINE_Q, TARGET_Q, chain_store, tiny_config
 from torch import nn
 
+from offline_chunk.errors import ConfigError
 from offline_chunk.train import build_run
 
 # B = 3 states, N = 2 candidates, H = 2, A = 2: candidate j of state b is the constant chunk 10 b + j.
@@ -85,14 +86,13 @@ def test_the_agents_backup_over_candidates_by_hand(agent, backup, agg, value):
 
 
 def test_bad_aggregations_and_acting_critics_are_refused(tmp_path):
-    store = chain_store(tmp_path / "chain.zarr")
     for override, message in (
-        ("agent.q_agg=max", "q_agg must be one of"),
-        ("agent.act.q_agg=median", "act.q_agg must be one of"),
-        ("agent.act.critic=ema", "act.critic must be online or target"),
+        ("agent.q_agg=max", "agent.q_agg: Input should be 'min' or 'mean'"),
+        ("agent.act.q_agg=median", "agent.act.q_agg: Input should be 'min' or 'mean'"),
+        ("agent.act.critic=ema", "agent.act.critic: Input should be 'target' or 'online'"),
     ):
-        with pytest.raises(ValueError, match=message):
-            build_run(tiny_config("cpql", store, tmp_path / "run", override))
+        with pytest.raises(ConfigError, match=message):
+            tiny_config("cpql", tmp_path / "chain.zarr", tmp_path / "run", override)
 
 
 # --------------------------------------------------------------------------- the qc recipe
@@ -104,27 +104,27 @@ def test_qc_recipe_is_q_chunkings_settings():
 
     for agent in ("cpql", "dql"):
         cfg = load_config(agent, "qc")
-        a = cfg["agent"]
-        assert (cfg["horizon"], cfg["gamma"], cfg["batch_size"], cfg["steps"]) == (5, 0.99, 256, 1_000_000)
-        assert (a["eta"], a["backup"], a["backup_candidates"], a["q_agg"]) == (0, "best_of_n", 32, "mean")
-        assert (a["tau"], a["target_every"], a["target_start"], a["lr"]) == (0.005, 1, 0, 3e-4)
-        assert a["target_lower_bound"] == "none" and a["grad_norm"] == float("inf")
-        act = a["act"]
-        assert (act["actor"], act["candidates"], act["select"], act["critic"], act["q_agg"]) == (
+        a = cfg.agent
+        assert (cfg.horizon, cfg.gamma, cfg.batch_size, cfg.steps) == (5, 0.99, 256, 1_000_000)
+        assert (a.eta, a.backup, a.backup_candidates, a.q_agg) == (0, "best_of_n", 32, "mean")
+        assert (a.tau, a.target_every, a.target_start, a.lr) == (0.005, 1, 0, 3e-4)
+        assert a.target_lower_bound == "none" and a.grad_norm == float("inf")
+        act = a.act
+        assert (act.actor, act.candidates, act.select, act.critic, act.q_agg) == (
             "online",
             32,
             "argmax",
             "online",
             "mean",
         )
-        critic = a["critic"]
-        assert (critic["kind"], critic["ensemble"], critic["hidden_dims"], critic["layer_norm"]) == (
+        critic = a.critic
+        assert (critic.kind, critic.ensemble, critic.hidden_dims, critic.layer_norm) == (
             "mlp",
             2,
             [512, 512, 512, 512],
             True,
         )
-        assert cfg["eval_episodes"] == 50
+        assert cfg.eval_episodes == 50
 
 
 def test_qc_recipe_trains_with_mlp_critics_and_no_actor_q_sample(tmp_path, monkeypatch):

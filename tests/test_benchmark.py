@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from offline_chunk import benchmark
-from offline_chunk.benchmark import (
+from offline_chunk.errors import BenchmarkError
+from offline_chunk.harness import benchmark
+from offline_chunk.harness.benchmark import (
     Evaluation,
     headline,
     load_reference,
@@ -18,7 +19,6 @@ from offline_chunk.benchmark import (
     summarize,
     training_reward,
 )
-from offline_chunk.errors import BenchmarkError
 
 
 def test_parse_task_maps_names_and_reward_protocol():
@@ -96,10 +96,10 @@ def test_plan_has_each_seed_of_the_agent_and_of_its_bc_only_ablation(tmp_path):
         ("td3bc BC-only", 0),
         ("td3bc BC-only", 1),
     ]
-    assert (runs[0].cfg["agent"]["alpha"], runs[2].cfg["agent"]["alpha"]) == (2.5, 0)  # no Q term
+    assert (runs[0].cfg.agent.alpha, runs[2].cfg.agent.alpha) == (2.5, 0)  # no Q term
     assert not any(run.bc_only_from_checkpoints for run in runs)
     assert runs[3].run_dir == tmp_path / "td3bc-BC-only-seed1"
-    assert plan_runs(tmp_path / "s.zarr", ["cpql"], 500, [0], "quick", tmp_path, [])[0].cfg["steps"] == 500
+    assert plan_runs(tmp_path / "s.zarr", ["cpql"], 500, [0], "quick", tmp_path, [])[0].cfg.steps == 500
     alone = plan_runs(tmp_path / "s.zarr", ["td3bc"], None, [0, 1], "quick", tmp_path, [], ablation=False)
     assert [(r.label, r.seed) for r in alone] == [("td3bc", 0), ("td3bc", 1)]
 
@@ -113,7 +113,7 @@ def test_an_agent_trained_with_eta_0_is_its_own_bc_only_ablation(tmp_path):
             ("cpql", 0, True),
             ("cpql", 1, True),
         ]
-        assert runs[0].cfg["agent"]["eta"] == 0 and runs[0].cfg["agent"]["act"]["candidates"] > 1
+        assert runs[0].cfg.agent.eta == 0 and runs[0].cfg.agent.act.candidates > 1
     settings = benchmark.run_settings(runs).splitlines()
     assert settings[0].startswith("- cpql: preset qc_cpu, 20,000 updates, batch 256, H = 5, seeds 0,1")
     assert (
@@ -126,11 +126,11 @@ def test_an_agent_trained_with_eta_0_is_its_own_bc_only_ablation(tmp_path):
         ("cpql", False),
         ("cpql BC-only", False),
     ]
-    assert with_q[1].cfg["agent"]["act"]["candidates"] == 1
+    assert with_q[1].cfg.agent.act.candidates == 1
 
 
 def test_one_candidate_evaluations_use_each_evaluated_checkpoint_once(tmp_path, monkeypatch):
-    import offline_chunk.evaluate as evaluate_module
+    import offline_chunk.harness.evaluation as evaluate_module
 
     (run,) = plan_runs(tmp_path / "s.zarr", ["cpql"], None, [3], "quick", tmp_path, [])
     run.run_dir.mkdir()
@@ -159,7 +159,7 @@ class FakeTrain:
     def __init__(self, run, fail: bool):
         self.returncode = 1 if fail else 0
         if not fail:
-            (run.run_dir / "config.yaml").write_text(yaml.safe_dump(run.cfg))
+            (run.run_dir / "config.yaml").write_text(yaml.safe_dump(run.cfg.model_dump()))
             (run.run_dir / "checkpoints").mkdir(exist_ok=True)
             (run.run_dir / "checkpoints" / "final.pt").write_bytes(b"")
             (run.run_dir / "evaluations.csv").write_text("step,train_seconds,success_rate\n100,5.0,0.5\n")
@@ -200,7 +200,7 @@ def test_an_unfinished_run_resumes_from_its_last_checkpoint(tmp_path, monkeypatc
     monkeypatch.setattr(benchmark.subprocess, "Popen", lambda command, **kwargs: started.append(command))
     (run,) = plan_runs(tmp_path / "s.zarr", ["td3bc"], 100, [0], "quick", tmp_path, [], ablation=False)
     (run.run_dir / "checkpoints").mkdir(parents=True)
-    (run.run_dir / "config.yaml").write_text(yaml.safe_dump(run.cfg))
+    (run.run_dir / "config.yaml").write_text(yaml.safe_dump(run.cfg.model_dump()))
     for step in (100, 200):
         (run.run_dir / "checkpoints" / f"step_{step:08d}.pt").write_bytes(b"")
     (run.run_dir / "evaluations.csv").write_text(
@@ -212,6 +212,6 @@ def test_an_unfinished_run_resumes_from_its_last_checkpoint(tmp_path, monkeypatc
         run.run_dir / "evaluations.csv"
     ).read_text() == "step,train_seconds,success_rate\n100,1,0\n200,2,0\n"
     # an attempt with another configuration starts over
-    (run.run_dir / "config.yaml").write_text(yaml.safe_dump({**run.cfg, "steps": 50}))
+    (run.run_dir / "config.yaml").write_text(yaml.safe_dump({**run.cfg.model_dump(), "steps": 50}))
     benchmark.launch(run, threads=1, quiet=True)
     assert started[-1][-2] == "--config" and not (run.run_dir / "checkpoints").exists()

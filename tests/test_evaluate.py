@@ -14,9 +14,11 @@ import pytest
 import torch
 from helpers import TINY_NETS
 
-from offline_chunk.envs import ChunkExecutor
 from offline_chunk.errors import ConfigError, DataError
-from offline_chunk.evaluate import Rollouts, format_summary, mean_interval, vector_env, wilson_interval
+from offline_chunk.harness.envs import ChunkExecutor
+from offline_chunk.harness.evaluation import format_summary
+from offline_chunk.harness.evaluation.rollouts import Rollouts, vector_env
+from offline_chunk.harness.evaluation.stats import mean_interval, wilson_interval
 
 gymnasium = pytest.importorskip("gymnasium")
 
@@ -209,7 +211,7 @@ def check_outputs(report: dict, episodes: int, max_steps: int) -> None:
 
 
 def test_evaluate_untrained_agent_end_to_end(untrained_checkpoint, tmp_path):
-    from offline_chunk.evaluate import evaluate
+    from offline_chunk.harness.evaluation import evaluate
 
     rng_state, threads = torch.get_rng_state(), torch.get_num_threads()
     report = evaluate(untrained_checkpoint, episodes=2, workers=2, max_steps=30, out=tmp_path, progress=False)
@@ -223,7 +225,7 @@ def test_evaluate_untrained_agent_end_to_end(untrained_checkpoint, tmp_path):
 
 
 def test_eval_cli_with_overrides_and_rendering(untrained_checkpoint, capsys):
-    from offline_chunk.cli import main
+    from offline_chunk.harness.cli import main
 
     code = main(
         ["eval", str(untrained_checkpoint), "--episodes", "1", "--execute", "2"]
@@ -239,7 +241,7 @@ def test_eval_cli_with_overrides_and_rendering(untrained_checkpoint, capsys):
 
 
 def test_rendering_without_a_gl_backend_is_skipped_with_one_line(monkeypatch, capsys):
-    import offline_chunk.evaluate as evaluate_module
+    import offline_chunk.harness.evaluation.settings as evaluate_module
 
     monkeypatch.setattr(
         evaluate_module, "find_gl_backend", lambda: (None, "no MuJoCo GL backend renders here")
@@ -252,10 +254,10 @@ def test_rendering_without_a_gl_backend_is_skipped_with_one_line(monkeypatch, ca
 
 
 def test_bad_settings_and_stores_are_refused(untrained_checkpoint, tmp_path, capsys):
-    from offline_chunk.cli import main
     from offline_chunk.data.store import StepData, write_store
-    from offline_chunk.envs.ogbench_env import env_id_from_store
-    from offline_chunk.evaluate import evaluate
+    from offline_chunk.harness.cli import main
+    from offline_chunk.harness.envs.ogbench_env import env_id_from_store
+    from offline_chunk.harness.evaluation import evaluate
 
     with pytest.raises(ConfigError, match="execute=6: must be between 1 and the chunk horizon H=5"):
         evaluate(untrained_checkpoint, execute=6)
@@ -285,6 +287,7 @@ def test_periodic_evaluation_during_training(tmp_path):
     """eval_every=K evaluates from that step's checkpoint and appends to <run>/evaluations.csv."""
     from offline_chunk.config import load_config
     from offline_chunk.data.sources import convert
+    from offline_chunk.harness.evaluation import periodic_evaluator
     from offline_chunk.train import train
 
     store = convert(
@@ -305,7 +308,10 @@ def test_periodic_evaluation_during_training(tmp_path):
         "eval_workers=1",
         "eval_max_steps=10",
     ]
-    train(load_config("cpql", "default", overrides + TINY_NETS))
+    cfg = load_config("cpql", "default", overrides + TINY_NETS)
+    with pytest.raises(ConfigError, match="eval_every=2 needs an evaluator"):
+        train(cfg)  # the library's loop does not import the simulators on its own
+    train(cfg, evaluator=periodic_evaluator(cfg))
     with open(run_dir / "evaluations.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [int(row["step"]) for row in rows] == [2, 4]

@@ -1,4 +1,4 @@
-"""A non-editable install: the wheel carries the presets, the agent configs and the reference figures, and
+"""A non-editable install: the wheel carries the presets and the reference figures, and
 trains from a directory that is not the checkout."""
 
 import os
@@ -29,7 +29,11 @@ def test_the_wheel_trains_from_another_directory(tmp_path):
     (wheel,) = wheels.glob("offline_chunk-*.whl")
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
-    for data in ("configs/train/qc.yaml", "configs/agent/cpql.yaml", "reference/qc_ogbench_offline.csv"):
+    for data in (
+        "configs/train/qc.yaml",
+        "configs/train/default.yaml",
+        "harness/reference/qc_ogbench_offline.csv",
+    ):
         assert (site / "offline_chunk" / data).is_file(), data
 
     elsewhere = tmp_path / "elsewhere"

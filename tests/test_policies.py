@@ -6,7 +6,9 @@ import math
 import pytest
 import torch
 
-from offline_chunk.policies import ConsistencyChunkPolicy, DDPMChunkPolicy, make_policy
+from offline_chunk.config import load_config
+from offline_chunk.errors import ConfigError
+from offline_chunk.policies import POLICIES, ConsistencyChunkPolicy, DDPMChunkPolicy
 from offline_chunk.policies.base import per_sample_mean
 from offline_chunk.policies.consistency import SIGMA_DATA, SIGMA_MIN, karras_weight
 from offline_chunk.policies.ddpm import vp_betas
@@ -42,7 +44,7 @@ def one_thread():
 
 def tiny_policy(variant: str, horizon: int = 5):
     kind, kwargs = VARIANTS[variant]
-    return make_policy(kind, horizon=horizon, **TINY, **kwargs)
+    return POLICIES[kind](horizon=horizon, **TINY, **kwargs)
 
 
 def random_obs(batch: int) -> torch.Tensor:
@@ -186,7 +188,7 @@ def test_reverse_chain_matches_diffusers_step(variant):
 def test_overfits_one_chunk(kind, lr):
     """300 Adam steps on one chunk for one observation: samples land within 0.08 of it on average."""
     torch.manual_seed(0)
-    policy = make_policy(kind, horizon=5, **TINY)
+    policy = POLICIES[kind](horizon=5, **TINY)
     target = torch.tensor([[0.5, -0.3], [0.2, 0.8], [-0.6, 0.1], [0.9, -0.9], [0.0, 0.4]])
     obs = torch.zeros(32, TINY["obs_horizon"], OBS_DIM)
     optimizer = torch.optim.Adam(policy.parameters(), lr=lr)
@@ -200,8 +202,8 @@ def test_overfits_one_chunk(kind, lr):
 
 
 def test_bad_arguments_are_refused():
-    with pytest.raises(ValueError, match="kind"):
-        make_policy("flow", horizon=5, **TINY)
+    with pytest.raises(ConfigError, match="policy.kind: Input should be 'consistency'"):
+        load_config("cpql", "default", ["agent.policy.kind=flow"])
     with pytest.raises(ValueError, match="divide"):
         DDPMChunkPolicy(horizon=5, sampler="ddim", inference_steps=2, **TINY)
     with pytest.raises(ValueError, match="beta_schedule"):

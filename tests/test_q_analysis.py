@@ -17,7 +17,7 @@ from offline_chunk import load_agent
 from offline_chunk.data.chunks import build_chunk_index
 from offline_chunk.data.returns import monte_carlo_returns, return_lower_bounds, unseen_tail_weights
 from offline_chunk.data.store import StepData, write_store
-from offline_chunk.q_analysis import q_on_demos, summarize
+from offline_chunk.harness.q_analysis import q_on_demos, summarize
 from offline_chunk.train import train
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "evaluate_q_on_demos.ipynb"

@@ -22,7 +22,7 @@ from offline_chunk.train import build_run, train
 def tiny_agent(name: str, dims: Dims, *extra: str):
     """An agent built directly (no store): normalizer identity, tiny networks."""
     cfg = load_config(name, "default", [*tiny_nets(name), *extra])
-    return make_agent(name, dims, cfg["agent"], Normalizer(dims.obs_dim, dims.action_dim), total_steps=10)
+    return make_agent(cfg.agent, dims, Normalizer(dims.obs_dim, dims.action_dim), total_steps=10)
 
 
 # --------------------------------------------------------------------------- the tanh-Gaussian actor
@@ -274,7 +274,7 @@ def test_checkpoint_loads_and_acts_within_bounds(tmp_path, name, select):
 @pytest.mark.parametrize("name", ["chunk_sac", "td3bc"])
 def test_candidates_are_refused_for_agents_that_act_by_their_actor(tmp_path, name):
     from offline_chunk.errors import ConfigError
-    from offline_chunk.evaluate import evaluate
+    from offline_chunk.harness.evaluation import evaluate
 
     final = train(tiny_config(name, chain_store(tmp_path / "chain.zarr"), tmp_path / "run", "steps=2"))
     with pytest.raises(ConfigError, match=f"candidates=4: agent '{name}' does not act by candidate chunks"):
@@ -288,7 +288,7 @@ def test_resume_is_bit_identical(tmp_path, name):
     steps = ["steps=40", "checkpoint_every=25"]
     straight = train(tiny_config(name, store, tmp_path / "a", *steps))
     payload = read_checkpoint(tmp_path / "a" / "checkpoints" / "step_00000025.pt")
-    resumed = train({**payload["config"], "run_dir": str(tmp_path / "b")}, payload)
+    resumed = train(payload["config"].model_copy(update={"run_dir": str(tmp_path / "b")}), payload)
     a, b = read_checkpoint(straight)["weights"], read_checkpoint(resumed)["weights"]
     assert a.keys() == b.keys()
     for key in a:
@@ -300,6 +300,6 @@ def test_presets_build_the_agents(name):
     """The presets size the transformer (feature_dim); their U-Net sizes (down_dims) do not apply to it."""
     for preset in ("default", "gpu"):
         cfg = load_config(name, preset)
-        assert "down_dims" not in cfg["agent"]["policy"]
-        agent = make_agent(name, Dims(4, 1, 2, 5), cfg["agent"], Normalizer(4, 2), cfg["steps"])
-        assert agent.actor.head.in_features == cfg["agent"]["policy"]["feature_dim"]
+        assert "down_dims" not in cfg.agent.policy.model_dump()
+        agent = make_agent(cfg.agent, Dims(4, 1, 2, 5), Normalizer(4, 2), cfg.steps)
+        assert agent.actor.head.in_features == cfg.agent.policy.feature_dim

@@ -10,10 +10,10 @@ import pytest
 import zarr
 from helpers import tree_digest
 
-from offline_chunk.cli import main
 from offline_chunk.data.sources import convert
 from offline_chunk.data.store import open_store
 from offline_chunk.errors import DataError
+from offline_chunk.harness.cli import main
 
 
 def ramp(rows: int, width: int, start: float = 0.0) -> np.ndarray:

@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from offline_chunk import speed
 from offline_chunk.agents import AGENTS
-from offline_chunk.cli import main
+from offline_chunk.harness import speed
+from offline_chunk.harness.cli import main
 
 # The official networks (Diffusion-QL d871f5c, CPQL 34af027 with state 40, action 25): actor MLP 160,073
 # parameters, two critic MLPs 297,474 together.
@@ -20,7 +20,7 @@ def test_matched_networks_are_sized_like_the_official_ones(agent):
     actor = sum(p.numel() for p in setup.agent.actor.parameters())
     critic = sum(p.numel() for p in setup.agent.critic.parameters())
     assert abs(actor / OFFICIAL_ACTOR - 1) < 0.1 and abs(critic / OFFICIAL_CRITIC - 1) < 0.1
-    assert setup.cfg["batch_size"] == 256 and setup.cfg["horizon"] == 5
+    assert setup.cfg.batch_size == 256 and setup.cfg.horizon == 5
 
 
 class FakeClockSetup:

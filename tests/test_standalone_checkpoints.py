@@ -10,7 +10,7 @@ from helpers import TINY_NETS, chain_store, tiny_config
 
 from offline_chunk import load_agent
 from offline_chunk.checkpoint import read_checkpoint
-from offline_chunk.cli import main
+from offline_chunk.harness.cli import main
 from offline_chunk.train import train
 
 
@@ -64,8 +64,8 @@ def test_a_checkpoint_evaluates_with_its_store_gone(tmp_path):
     pytest.importorskip("ogbench")
     from offline_chunk.config import load_config
     from offline_chunk.data.sources import convert
-    from offline_chunk.evaluate import evaluate
-    from offline_chunk.q_analysis import q_on_demos
+    from offline_chunk.harness.evaluation import evaluate
+    from offline_chunk.harness.q_analysis import q_on_demos
 
     store = convert(
         "ogbench:scene-play-singletask-task2-v0?episodes=1&steps=20&workers=1", out=tmp_path / "s.zarr"
@@ -89,5 +89,7 @@ def test_training_time_carries_over_a_resumed_run(finished_run):
     tmp_path, final = finished_run
     earlier = read_checkpoint(tmp_path / "run" / "checkpoints" / "step_00000002.pt")
     assert 0 < earlier["train_seconds"] <= read_checkpoint(final)["train_seconds"]
-    forked = train({**earlier["config"], "run_dir": str(tmp_path / "fork"), "steps": 3}, earlier)
+    forked = train(
+        earlier["config"].model_copy(update={"run_dir": str(tmp_path / "fork"), "steps": 3}), earlier
+    )
     assert read_checkpoint(forked)["train_seconds"] > earlier["train_seconds"]

@@ -7,9 +7,9 @@ import pytest
 import zarr
 from helpers import tree_digest
 
-from offline_chunk.cli import main
 from offline_chunk.data.store import StepData, open_store, write_store
 from offline_chunk.errors import DataError
+from offline_chunk.harness.cli import main
 
 N = 10
 

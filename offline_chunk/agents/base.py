@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 from diffusers.optimization import get_scheduler
+from pydantic import Field
 from torch import nn
 
 from offline_chunk.agents.targets import (
-    BACKUPS,
-    LOWER_BOUNDS,
-    Q_AGGREGATIONS,
     aggregate,
     backup_value,
     best_candidate,
@@ -34,14 +33,55 @@ from offline_chunk.agents.targets import (
 )
 from offline_chunk.data.normalize import Normalizer
 from offline_chunk.execution import CompiledWithFallback, autocast_context, compile_enabled
-from offline_chunk.nets.critic import ChunkCriticEnsemble
+from offline_chunk.nets.critic import ChunkCriticEnsemble, CriticConfig
 from offline_chunk.policies import make_policy
+from offline_chunk.sections import Section
 
 
 def adam(params, lr: float) -> torch.optim.Adam:
     """Fused Adam: one kernel over all parameters, its step count kept on the device (the foreach and
     per-parameter versions read the step count on the host at every step)."""
     return torch.optim.Adam(params, lr=lr, fused=True)
+
+
+LrSchedule = Literal["constant", "cosine", "linear", "constant_with_warmup"]  # diffusers' get_scheduler
+
+
+class AgentConfig(Section):
+    """What every chunk agent's configuration holds; each agent's file adds its own (`Config`), with the
+    published defaults."""
+
+    name: str
+    critic: CriticConfig = CriticConfig()
+    backup: Literal["min", "mean"] = "min"
+    """the critic target's value of the next state (targets.py)"""
+    target_lower_bound: Literal["none"] = "none"
+    lr: float = Field(3.0e-4, gt=0)
+    """Adam, actor and critics"""
+    lr_schedule: LrSchedule = "constant"
+    """over the run's updates"""
+    lr_warmup: int = Field(0, ge=0)
+    """warm-up updates for the schedule"""
+    grad_norm: float = Field(float("inf"), gt=0)
+    """gradient clipping norm (.inf: no clipping; the norm is still logged)"""
+    tau: float = Field(0.005, gt=0, le=1)
+    """critic target: Polyak rate"""
+
+
+class TargetSchedule(Section):
+    """When the Polyak critic targets move: every `target_every` updates from update `target_start`."""
+
+    target_every: int = Field(1, ge=1)
+    """updates between target moves"""
+    target_start: int = Field(0, ge=0)
+    """the first update that moves them"""
+
+
+class SingleChunkActConfig(Section):
+    """Acting with an actor that gives one chunk per state (no choice among candidates)."""
+
+    actor: Literal["online"] = "online"
+    candidates: Literal[1] = 1
 
 
 @dataclass(frozen=True)
@@ -53,27 +93,21 @@ class Dims:
 
 
 class ChunkAgent(nn.Module):
-    """A chunk actor (`cfg["policy"]`) with an ensemble of U-Net chunk critics and their Polyak targets.
+    """A chunk actor (`cfg.policy`) with an ensemble of chunk critics and their Polyak targets.
 
-    Subclasses provide `next_state_value`, `actor_loss` and `choose_chunk`."""
+    Subclasses name their `Config` and provide `next_state_value`, `actor_loss` and `choose_chunk`.
+    `cfg` is that Config, or a dict of its fields (validated)."""
 
-    backups = BACKUPS  # the `backup` values the agent's next_state_value implements
-    lower_bounds = LOWER_BOUNDS  # the `target_lower_bound` values its critic target allows
+    Config: type[AgentConfig] = AgentConfig
     acts_by_candidates = False  # acting samples `act.candidates` chunks and picks one by Q
 
-    def __init__(self, dims: Dims, cfg: dict, normalizer: Normalizer, total_steps: int):
+    def __init__(self, dims: Dims, cfg: AgentConfig | dict, normalizer: Normalizer, total_steps: int):
         super().__init__()
-        if cfg["backup"] not in self.backups:
-            raise ValueError(f"{self.name}: backup must be one of {self.backups}, got {cfg['backup']!r}")
-        if cfg["target_lower_bound"] not in self.lower_bounds:
-            raise ValueError(
-                f"{self.name}: target_lower_bound must be one of {self.lower_bounds}, "
-                f"got {cfg['target_lower_bound']!r}"
-            )
-        self.dims, self.cfg = dims, cfg
+        self.dims, self.cfg = dims, self.Config.model_validate(cfg)
+        cfg = self.cfg
         self.normalizer = normalizer
-        self.actor = make_policy(**cfg["policy"], **asdict(dims))
-        critic_cfg = dict(cfg["critic"])
+        self.actor = make_policy(cfg.policy, **asdict(dims))
+        critic_cfg = cfg.critic.model_dump()
         self.critic = ChunkCriticEnsemble(
             dims.obs_dim,
             dims.obs_horizon,
@@ -83,11 +117,11 @@ class ChunkAgent(nn.Module):
             **critic_cfg,
         )
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.actor_opt = adam(self.actor.parameters(), cfg["lr"])
-        self.critic_opt = adam(self.critic.parameters(), cfg["lr"])
+        self.actor_opt = adam(self.actor.parameters(), cfg.lr)
+        self.critic_opt = adam(self.critic.parameters(), cfg.lr)
         self.schedulers = [
             get_scheduler(
-                cfg["lr_schedule"], opt, num_warmup_steps=cfg["lr_warmup"], num_training_steps=total_steps
+                cfg.lr_schedule, opt, num_warmup_steps=cfg.lr_warmup, num_training_steps=total_steps
             )
             for opt in (self.actor_opt, self.critic_opt)
         ]
@@ -143,7 +177,7 @@ class ChunkAgent(nn.Module):
     def policy_chunk_value(self, next_obs: torch.Tensor, next_chunk: torch.Tensor) -> torch.Tensor:
         """The target critics' backup (`min` or `mean` over the ensemble) of one next chunk per state."""
         return backup_value(
-            self.cfg["backup"], self.critic_target(next_obs, self.critic_view(next_chunk)[:, None])
+            self.cfg.backup, self.critic_target(next_obs, self.critic_view(next_chunk)[:, None])
         )
 
     def critic_view(self, chunk: torch.Tensor) -> torch.Tensor:
@@ -164,7 +198,7 @@ class ChunkAgent(nn.Module):
             next_value = self.next_state_value(next_obs, batch).float()
             q = self.critic(obs, self.critic_view(actions)).float()  # (K, B)
         bellman = chunk_target(batch, next_value)
-        target = lower_bounded(bellman, batch, self.cfg["target_lower_bound"])
+        target = lower_bounded(bellman, batch, self.cfg.target_lower_bound)
         loss = critic_loss(q, target)
         return loss, {
             "critic/loss": loss.detach(),
@@ -193,15 +227,15 @@ class ChunkAgent(nn.Module):
     def _step(self, optimizer, module: nn.Module, loss: torch.Tensor) -> torch.Tensor:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = nn.utils.clip_grad_norm_(module.parameters(), self.cfg["grad_norm"], foreach=True)
+        grad_norm = nn.utils.clip_grad_norm_(module.parameters(), self.cfg.grad_norm, foreach=True)
         optimizer.step()
         return grad_norm.detach()
 
     def update_targets(self) -> None:
         """Polyak critic targets on their schedule (counted in updates, on the host)."""
         cfg, step = self.cfg, self.num_updates
-        if step >= cfg["target_start"] and step % cfg["target_every"] == 0:
-            lerp_parameters_(self.critic_target, self.critic, cfg["tau"])
+        if step >= cfg.target_start and step % cfg.target_every == 0:
+            lerp_parameters_(self.critic_target, self.critic, cfg.tau)
 
     # ------------------------------------------------------------------ using a trained agent
 
@@ -256,40 +290,79 @@ class ChunkAgent(nn.Module):
         self.num_updates = int(state["num_updates"])
 
 
+class CandidateActConfig(Section):
+    """Acting by Q over sampled candidate chunks (Diffusion-QL's and CPQL's sample_action; Q-chunking's
+    best of N with `select: argmax`)."""
+
+    actor: Literal["online", "ema"] = "online"
+    """the actor that samples the candidates; official sample_action: the online actor"""
+    candidates: int = Field(50, ge=1)
+    """chunks sampled per state; official: 50, scored by the target critics' min"""
+    select: Literal["softmax", "argmax"] = "softmax"
+    """softmax: sample by softmax(Q) (official) | argmax: the best (Q-chunking's best of N)"""
+    critic: Literal["target", "online"] = "target"
+    """which critics score the candidates"""
+    q_agg: Literal["min", "mean"] = "min"
+    """over the ensemble"""
+
+
+class DiffusionAgentConfig(TargetSchedule, AgentConfig):
+    """Diffusion-QL and CPQL: a diffusion-family actor, backups over sampled candidates, the Q term."""
+
+    backup: Literal["min", "mean", "max_of_n", "best_of_n", "sarsa"] = "min"
+    """the critic target's value of s' (targets.py); official: min over the 2 critics (max_of_n with 10
+    candidates on AntMaze)"""
+    backup_candidates: int = Field(10, ge=1)
+    """N next chunks for max_of_n and best_of_n"""
+    q_agg: Literal["min", "mean"] = "min"
+    """best_of_n: ensemble aggregation choosing and valuing (QC: mean)"""
+    target_lower_bound: Literal["none", "monte_carlo"] = "none"
+    """monte_carlo: y = max(y, recorded return from t) (MCAC, Wilcox et al. 2022)"""
+    target_actor: Literal["online", "ema"] = "online"
+    """the actor that samples the critic target's next chunks"""
+    bc_weight: float = 1.0
+    """actor loss = bc_weight · L_bc + eta · L_q"""
+    eta: float = Field(1.0, ge=0)
+    """the Q term's weight (0: the behaviour-cloning generator alone, Q-chunking's QC)"""
+    grad_norm: float = Field(1.0, gt=0)
+    """gradient clipping norm (.inf: none); official default 1.0 (per-task table 1-10)"""
+    ema_decay: float = Field(0.995, ge=0, le=1)
+    """actor EMA: decay 0.995 every 5 updates, from update 1000"""
+    ema_every: int = Field(5, ge=1)
+    ema_start: int = Field(1000, ge=0)
+    act: CandidateActConfig = CandidateActConfig()
+
+
 class DiffusionChunkAgent(ChunkAgent):
     """A diffusion-family actor (sample_candidates, bc_loss) with its EMA copy: backups over sampled
     candidate chunks, the normalised Q term of Diffusion-QL and CPQL, acting by Q over candidates."""
 
     acts_by_candidates = True
 
-    def __init__(self, dims: Dims, cfg: dict, normalizer: Normalizer, total_steps: int):
-        for name, value in (("q_agg", cfg["q_agg"]), ("act.q_agg", cfg["act"]["q_agg"])):
-            if value not in Q_AGGREGATIONS:
-                raise ValueError(f"{self.name}: {name} must be one of {Q_AGGREGATIONS}, got {value!r}")
-        if cfg["act"]["critic"] not in ("online", "target"):
-            got = cfg["act"]["critic"]
-            raise ValueError(f"{self.name}: act.critic must be online or target, got {got!r}")
+    def __init__(
+        self, dims: Dims, cfg: DiffusionAgentConfig | dict, normalizer: Normalizer, total_steps: int
+    ):
         super().__init__(dims, cfg, normalizer, total_steps)
         self.actor_ema = copy.deepcopy(self.actor).requires_grad_(False)
 
     @torch.no_grad()
     def next_state_value(self, next_obs: torch.Tensor, batch: dict) -> torch.Tensor:
         """The backup V(s_{t+τ}) over candidate next chunks (targets.py)."""
-        backup = self.cfg["backup"]
-        n = candidates_for(backup, self.cfg["backup_candidates"])
+        backup = self.cfg.backup
+        n = candidates_for(backup, self.cfg.backup_candidates)
         if n == 0:  # sarsa: the data's own next chunk
             next_chunks = self.normalizer.action(batch["next_actions"])[:, None]
         else:
-            policy = self.actor_ema if self.cfg["target_actor"] == "ema" else self.actor
+            policy = self.actor_ema if self.cfg.target_actor == "ema" else self.actor
             next_chunks = policy.sample_candidates(next_obs, n)
         target_q = self.critic_target(next_obs, next_chunks)  # (K, B, N)
         online_q = self.critic(next_obs, next_chunks) if backup == "best_of_n" else None
-        return backup_value(backup, target_q, online_q, self.cfg["q_agg"])
+        return backup_value(backup, target_q, online_q, self.cfg.q_agg)
 
     def actor_q_loss(self, obs: torch.Tensor, sample) -> torch.Tensor:
         """The normalised Q term of a chunk the actor samples with gradients (`sample()`), or 0 with η = 0:
         the behaviour-cloning generator alone (Q-chunking's QC) needs no sample."""
-        if self.cfg["eta"] == 0:
+        if self.cfg.eta == 0:
             return torch.zeros((), device=obs.device)
         return self.normalized_q_loss(obs, sample())
 
@@ -297,8 +370,8 @@ class DiffusionChunkAgent(ChunkAgent):
         """bc_weight · L_bc + eta · L_q, with each term as a metric. With eta = 0 the loss is the BC term
         alone: torch 2.13's inductor returned `x + 0` without its gradient when `x.detach()` was returned
         beside it (a CPU compile of the QC recipe failed in backward)."""
-        bc_term, q_term = self.cfg["bc_weight"] * bc_loss, self.cfg["eta"] * q_loss
-        loss = bc_term if self.cfg["eta"] == 0 else bc_term + q_term
+        bc_term, q_term = self.cfg.bc_weight * bc_loss, self.cfg.eta * q_loss
+        loss = bc_term if self.cfg.eta == 0 else bc_term + q_term
         return loss, {
             "actor/bc_loss": bc_loss.detach(),
             "actor/q_loss": q_loss.detach(),
@@ -319,20 +392,20 @@ class DiffusionChunkAgent(ChunkAgent):
         """Polyak critic targets and the EMA actor on their schedules (counted in updates, on the host)."""
         super().update_targets()
         cfg, step = self.cfg, self.num_updates
-        if step >= cfg["ema_start"] and step % cfg["ema_every"] == 0:
-            lerp_parameters_(self.actor_ema, self.actor, 1.0 - cfg["ema_decay"])
+        if step >= cfg.ema_start and step % cfg.ema_every == 0:
+            lerp_parameters_(self.actor_ema, self.actor, 1.0 - cfg.ema_decay)
 
     def choose_chunk(self, obs: torch.Tensor) -> torch.Tensor:
         """N candidate chunks are sampled and one is chosen by Q: `act.critic` (online or target critics),
         `act.q_agg` over the ensemble (min or mean), and the argmax (best of N, as Q-chunking) or a softmax
         sample (Diffusion-QL, CPQL)."""
-        act_cfg = self.cfg["act"]
-        policy = self.actor_ema if act_cfg["actor"] == "ema" else self.actor
-        candidates = policy.sample_candidates(obs, act_cfg["candidates"])  # (B, N, H, A)
-        critic = self.critic if act_cfg["critic"] == "online" else self.critic_target
+        act = self.cfg.act
+        policy = self.actor_ema if act.actor == "ema" else self.actor
+        candidates = policy.sample_candidates(obs, act.candidates)  # (B, N, H, A)
+        critic = self.critic if act.critic == "online" else self.critic_target
         q = critic(obs, candidates)  # (K, B, N)
-        if act_cfg["select"] == "argmax":
-            choice = best_candidate(q, act_cfg["q_agg"])
+        if act.select == "argmax":
+            choice = best_candidate(q, act.q_agg)
         else:
-            choice = torch.multinomial(torch.softmax(aggregate(q, act_cfg["q_agg"]), dim=-1), 1).squeeze(-1)
+            choice = torch.multinomial(torch.softmax(aggregate(q, act.q_agg), dim=-1), 1).squeeze(-1)
         return candidates[torch.arange(len(choice), device=choice.device), choice]

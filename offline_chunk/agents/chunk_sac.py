@@ -24,23 +24,53 @@ specification, not an estimator from a paper; `standard` is the first-action SAC
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 
-from offline_chunk.agents.base import ChunkAgent, Dims, adam
+from offline_chunk.agents.base import (
+    AgentConfig,
+    ChunkAgent,
+    Dims,
+    SingleChunkActConfig,
+    TargetSchedule,
+    adam,
+)
 from offline_chunk.data.normalize import Normalizer
+from offline_chunk.policies import GaussianTransformerConfig
 from offline_chunk.policies.base import per_sample_mean
 
-CRITIC_INPUTS = ("chunk", "first_action")
-ACTOR_STRATEGIES = ("standard", "conservative", "temporal_weighted")
 ENTROPY_SCALINGS = {"linear": lambda horizon: float(horizon), "sqrt": math.sqrt, "none": lambda horizon: 1.0}
-ACT_SELECTIONS = ("mean", "sample")
 
 
-def check_option(key: str, value: str, options) -> None:
-    if value not in options:
-        raise ValueError(f"chunk_sac: {key} must be one of {tuple(options)}, got {value!r}")
+class SACActConfig(SingleChunkActConfig):
+    select: Literal["mean", "sample"] = "mean"
+    """mean: the chunk of tanh(mu) | sample: one reparameterised sample"""
+
+
+class ChunkSACConfig(TargetSchedule, AgentConfig):
+    """SAC v2 defaults: Adam 3e-4 for actor, critics and temperature, two critics with the min backup, Polyak
+    tau 0.005 every update, initial temperature 1, target entropy -dim(action), no gradient clipping."""
+
+    name: Literal["chunk_sac"] = "chunk_sac"
+    policy: GaussianTransformerConfig = GaussianTransformerConfig()
+    critic_input: Literal["chunk", "first_action"] = "chunk"
+    """chunk: Q(s, a_1..a_H) (Q-chunking) | first_action: Q(s, a_1), n-step returns"""
+    actor_strategy: Literal["standard", "conservative", "temporal_weighted"] = "standard"
+    """first_action only: how the actor scores a chunk (the last two are heuristics)"""
+    temporal_decay: float = 0.9
+    """temporal_weighted: w_t proportional to decay^t"""
+    entropy_scaling: Literal["linear", "sqrt", "none"] = "linear"
+    """target entropy -A * scale(H): linear (H) | sqrt | none (1)"""
+    init_alpha: float = Field(1.0, gt=0)
+    alpha_lr: float = Field(3.0e-4, gt=0)
+    sac_weight: float = 1.0
+    """actor loss = sac_weight * SAC loss + bc_weight * BC loss"""
+    bc_weight: float = 1.0
+    """the offline regulariser (not from SAC): task-dependent, tune per dataset"""
+    act: SACActConfig = SACActConfig()
 
 
 def target_entropy(action_dim: int, horizon: int, scaling: str) -> float:
@@ -60,28 +90,24 @@ def score_steps(q_steps: torch.Tensor, strategy: str, decay: float) -> torch.Ten
 
 class ChunkSACAgent(ChunkAgent):
     name = "chunk_sac"
-    backups = ("min", "mean")  # one sampled next chunk per state
-    lower_bounds = ("none",)  # a soft Q adds entropy bonuses the recorded return does not bound
+    Config = ChunkSACConfig  # one sampled next chunk per state (min or mean); no lower bound: a soft Q adds
+    # entropy bonuses that the recorded return does not bound
 
-    def __init__(self, dims: Dims, cfg: dict, normalizer: Normalizer, total_steps: int):
-        check_option("critic_input", cfg["critic_input"], CRITIC_INPUTS)
-        check_option("actor_strategy", cfg["actor_strategy"], ACTOR_STRATEGIES)
-        check_option("entropy_scaling", cfg["entropy_scaling"], ENTROPY_SCALINGS)
-        check_option("act.select", cfg["act"]["select"], ACT_SELECTIONS)
+    def __init__(self, dims: Dims, cfg: ChunkSACConfig | dict, normalizer: Normalizer, total_steps: int):
         super().__init__(dims, cfg, normalizer, total_steps)
-        self.log_alpha = nn.Parameter(torch.tensor(math.log(cfg["init_alpha"])))
-        self.alpha_opt = adam([self.log_alpha], cfg["alpha_lr"])
-        self.target_entropy = target_entropy(dims.action_dim, dims.horizon, cfg["entropy_scaling"])
+        self.log_alpha = nn.Parameter(torch.tensor(math.log(self.cfg.init_alpha)))
+        self.alpha_opt = adam([self.log_alpha], self.cfg.alpha_lr)
+        self.target_entropy = target_entropy(dims.action_dim, dims.horizon, self.cfg.entropy_scaling)
 
     def alpha(self) -> torch.Tensor:
         """α = exp(log α), detached: the critic and actor losses do not move the temperature."""
         return self.log_alpha.detach().exp()
 
     def critic_view(self, chunk: torch.Tensor) -> torch.Tensor:
-        return chunk[..., :1, :] if self.cfg["critic_input"] == "first_action" else chunk
+        return chunk[..., :1, :] if self.cfg.critic_input == "first_action" else chunk
 
     def critic_horizon(self, dims: Dims) -> int:
-        return 1 if self.cfg["critic_input"] == "first_action" else dims.horizon
+        return 1 if self.cfg.critic_input == "first_action" else dims.horizon
 
     # ------------------------------------------------------------------ critic
 
@@ -104,20 +130,20 @@ class ChunkSACAgent(ChunkAgent):
     def policy_value(self, obs: torch.Tensor, chunk: torch.Tensor) -> torch.Tensor:
         """Q̂(s, a) (B,) that the actor maximises: min over the ensemble, then the chunk or step strategy.
         Gradients reach the chunk, not the critics' weights."""
-        if self.cfg["critic_input"] == "chunk":
+        if self.cfg.critic_input == "chunk":
             return self.critic(obs, chunk, detach_params=True).min(dim=0).values
-        strategy = self.cfg["actor_strategy"]
+        strategy = self.cfg.actor_strategy
         steps = chunk[:, :1] if strategy == "standard" else chunk
         # Each action a_t as a length-1 candidate chunk at s: (B, H, 1, A), all steps in one critic call.
         q_steps = self.critic(obs, steps[:, :, None, :], detach_params=True).min(dim=0).values  # (B, H)
-        return score_steps(q_steps, strategy, self.cfg["temporal_decay"])
+        return score_steps(q_steps, strategy, self.cfg.temporal_decay)
 
     def actor_loss(self, obs, actions, action_mask):
         chunk, log_prob, mean_chunk = self.actor(obs)
         q = self.policy_value(obs, chunk)
         sac_loss = (self.alpha() * log_prob - q).mean()
         bc_loss = per_sample_mean((mean_chunk - actions).pow(2), action_mask).mean()
-        sac_term, bc_term = self.cfg["sac_weight"] * sac_loss, self.cfg["bc_weight"] * bc_loss
+        sac_term, bc_term = self.cfg.sac_weight * sac_loss, self.cfg.bc_weight * bc_loss
         return sac_term + bc_term, {
             "actor/sac_loss": sac_loss.detach(),
             "actor/bc_loss": bc_loss.detach(),
@@ -150,7 +176,7 @@ class ChunkSACAgent(ChunkAgent):
     def choose_chunk(self, obs: torch.Tensor) -> torch.Tensor:
         """The chunk of means tanh(μ) (`act.select: mean`) or one reparameterised sample (`sample`)."""
         chunk, _, mean_chunk = self.actor(obs)
-        return mean_chunk if self.cfg["act"]["select"] == "mean" else chunk
+        return mean_chunk if self.cfg.act.select == "mean" else chunk
 
     def training_state(self) -> dict:
         return {**super().training_state(), "alpha_opt": self.alpha_opt.state_dict()}

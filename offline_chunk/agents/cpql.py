@@ -10,14 +10,39 @@ actor:   L = α · L_bc + η · (−Q_k(s, â) / mean|Q_j(s, â)|),  â = f_θ(�
 
 from __future__ import annotations
 
-from offline_chunk.agents.base import DiffusionChunkAgent
+from typing import Literal
+
+from pydantic import Field
+
+from offline_chunk.agents.base import DiffusionAgentConfig, DiffusionChunkAgent
+from offline_chunk.policies import ConsistencyConfig
+
+
+class CPQLConfig(DiffusionAgentConfig):
+    """Published defaults from the official implementation (github: cccedric/cpql, main.py's offline table,
+    agents/ql_cm.py, agents/karras_diffusion.py)."""
+
+    name: Literal["cpql"] = "cpql"
+    policy: ConsistencyConfig = ConsistencyConfig()
+    bc_loss: Literal["recon", "consistency"] = "recon"
+    """The official code computes the consistency loss but back-propagates the SNR-weighted reconstruction
+    loss of the consistency-parametrised denoiser (distance to the recorded chunk): `recon`. `consistency`:
+    against the EMA actor, the consistency-training loss."""
+    target_actor: Literal["online", "ema"] = "online"
+    """the actor that samples the critic target's next chunks; official: the online actor"""
+    eta: float = Field(1.0, ge=0)
+    """the Q term's weight; official per-task table 0.1-4.5, 1.0 for most locomotion tasks"""
+    target_every: int = Field(5, ge=1)
+    """updates between target moves; official: every 5 (EMA 0.995, tau 0.005) from update 1000"""
+    target_start: int = Field(1000, ge=0)
 
 
 class CPQLAgent(DiffusionChunkAgent):
     name = "cpql"
+    Config = CPQLConfig
 
     def actor_loss(self, obs, actions, action_mask):
-        kind = self.cfg["bc_loss"]
+        kind = self.cfg.bc_loss
         target = self.actor_ema if kind == "consistency" else None
         bc_loss = self.actor.bc_loss(obs, actions, action_mask, kind=kind, target=target).mean()
         q_loss = self.actor_q_loss(obs, lambda: self.actor.sample(obs, keep_graph=True))

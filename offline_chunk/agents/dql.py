@@ -8,11 +8,31 @@ actor:   L = L_bc + η · (−Q_k(s, â) / mean|Q_j(s, â)|),  â ~ π_θ(· | s
 
 from __future__ import annotations
 
-from offline_chunk.agents.base import DiffusionChunkAgent
+from typing import Literal
+
+from pydantic import Field
+
+from offline_chunk.agents.base import DiffusionAgentConfig, DiffusionChunkAgent, LrSchedule
+from offline_chunk.policies import DDPMConfig
+
+
+class DQLConfig(DiffusionAgentConfig):
+    """Published defaults from the official implementation (github: Zhendong-Wang/Diffusion-Policies-for-
+    Offline-RL, main.py's D4RL hyperparameter table, agents/ql_diffusion.py, agents/diffusion.py)."""
+
+    name: Literal["dql"] = "dql"
+    policy: DDPMConfig = DDPMConfig()
+    target_actor: Literal["online", "ema"] = "ema"
+    """the actor that samples the critic target's next chunks; official: the EMA actor"""
+    eta: float = Field(1.0, ge=0)
+    """the Q term's weight; official per-task table 0.005-3.5, 1.0 for halfcheetah/hopper-medium"""
+    lr_schedule: LrSchedule = "cosine"
+    """over the run's updates; official lr_decay: cosine annealing to 0"""
 
 
 class DiffusionDoubleQAgent(DiffusionChunkAgent):
     name = "dql"
+    Config = DQLConfig
 
     def actor_loss(self, obs, actions, action_mask):
         bc_loss = self.actor.bc_loss(obs, actions, action_mask).mean()

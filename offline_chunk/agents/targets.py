@@ -29,11 +29,11 @@ Q_AGGREGATIONS = ("mean", "min")
 LOWER_BOUNDS = ("none", "monte_carlo")
 
 
-def batch_fields(agent_cfg: dict) -> dict[str, bool]:
+def batch_fields(agent_cfg) -> dict[str, bool]:
     """The optional batch fields (ChunkSampler's switches) an agent's critic target reads."""
     return {
-        "next_actions": agent_cfg["backup"] == "sarsa",
-        "return_bounds": agent_cfg["target_lower_bound"] == "monte_carlo",
+        "next_actions": agent_cfg.backup == "sarsa",
+        "return_bounds": agent_cfg.target_lower_bound == "monte_carlo",
     }
 
 

@@ -15,20 +15,48 @@ architecture for both agents a comparison between them isolates the objective.
 from __future__ import annotations
 
 import copy
+from typing import Literal
 
 import torch
+from pydantic import Field
 
-from offline_chunk.agents.base import ChunkAgent, Dims
+from offline_chunk.agents.base import AgentConfig, ChunkAgent, Dims, SingleChunkActConfig
 from offline_chunk.agents.targets import lerp_parameters_
 from offline_chunk.data.normalize import Normalizer
+from offline_chunk.policies import DeterministicTransformerConfig
 from offline_chunk.policies.base import per_sample_mean
+
+
+class TD3BCActConfig(SingleChunkActConfig):
+    select: Literal["deterministic"] = "deterministic"
+    """the actor's chunk pi(s)"""
+
+
+class TD3BCConfig(AgentConfig):
+    """Defaults from the paper and its official code (github: sfujim/TD3_BC): alpha 2.5, policy noise 0.2,
+    noise clip 0.5, policy delay 2, tau 0.005, Adam 3e-4, two critics with the min backup, no clipping."""
+
+    name: Literal["td3bc"] = "td3bc"
+    policy: DeterministicTransformerConfig = DeterministicTransformerConfig()
+    target_lower_bound: Literal["none", "monte_carlo"] = "none"
+    """monte_carlo: y = max(y, recorded return from t) (MCAC, Wilcox et al. 2022)"""
+    alpha: float = Field(2.5, ge=0)
+    """lambda = alpha / mean|Q| in the actor loss -lambda Q + BC"""
+    policy_noise: float = Field(0.2, ge=0)
+    """target policy smoothing, in normalized action units [-1, 1]"""
+    noise_clip: float = Field(0.5, ge=0)
+    policy_delay: int = Field(2, ge=1)
+    """actor and target updates every 2nd critic update"""
+    tau: float = Field(0.005, gt=0, le=1)
+    """Polyak rate of the critic and actor targets"""
+    act: TD3BCActConfig = TD3BCActConfig()
 
 
 class TD3BCAgent(ChunkAgent):
     name = "td3bc"
-    backups = ("min", "mean")  # one smoothed next chunk per state
+    Config = TD3BCConfig  # one smoothed next chunk per state: the min or mean backup
 
-    def __init__(self, dims: Dims, cfg: dict, normalizer: Normalizer, total_steps: int):
+    def __init__(self, dims: Dims, cfg: TD3BCConfig | dict, normalizer: Normalizer, total_steps: int):
         super().__init__(dims, cfg, normalizer, total_steps)
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
         self.actor_metrics: dict[str, torch.Tensor] = {}  # of the latest (delayed) actor update
@@ -37,14 +65,14 @@ class TD3BCAgent(ChunkAgent):
     def next_state_value(self, next_obs: torch.Tensor, batch: dict) -> torch.Tensor:
         """min_k Q_k^targ(s′, ã′) with the target actor's next chunk smoothed by clipped noise."""
         next_chunk = self.actor_target(next_obs)
-        clip = self.cfg["noise_clip"]
-        noise = (torch.randn_like(next_chunk) * self.cfg["policy_noise"]).clamp(-clip, clip)
+        clip = self.cfg.noise_clip
+        noise = (torch.randn_like(next_chunk) * self.cfg.policy_noise).clamp(-clip, clip)
         return self.policy_chunk_value(next_obs, (next_chunk + noise).clamp(-1.0, 1.0))
 
     def delayed_update(self, update_index: int) -> bool:
         """TD3's delayed policy updates: the actor and the targets move on updates 0, d, 2d, ... (a host
         counter, no device sync)."""
-        return update_index % self.cfg["policy_delay"] == 0
+        return update_index % self.cfg.policy_delay == 0
 
     def update_actor(self, obs, actions, action_mask) -> dict[str, torch.Tensor]:
         """Between delayed updates, the latest actor update's metrics: every update returns the same keys,
@@ -56,7 +84,7 @@ class TD3BCAgent(ChunkAgent):
     def actor_loss(self, obs, actions, action_mask):
         chunk = self.actor(obs)
         q = self.critic(obs, chunk, detach_params=True)[0]  # Q_1, as the paper's code; no critic weight grads
-        lam = self.cfg["alpha"] / q.abs().mean().detach()
+        lam = self.cfg.alpha / q.abs().mean().detach()
         q_loss = -q.mean()
         bc_loss = per_sample_mean((chunk - actions).pow(2), action_mask).mean()
         return lam * q_loss + bc_loss, {
@@ -68,8 +96,8 @@ class TD3BCAgent(ChunkAgent):
     def update_targets(self) -> None:
         """Polyak critic and actor targets after each actor update (update num_updates − 1 just ran)."""
         if self.delayed_update(self.num_updates - 1):
-            lerp_parameters_(self.critic_target, self.critic, self.cfg["tau"])
-            lerp_parameters_(self.actor_target, self.actor, self.cfg["tau"])
+            lerp_parameters_(self.critic_target, self.critic, self.cfg.tau)
+            lerp_parameters_(self.actor_target, self.actor, self.cfg.tau)
 
     def choose_chunk(self, obs: torch.Tensor) -> torch.Tensor:
         return self.actor(obs)

@@ -15,14 +15,36 @@ import functools
 import inspect
 import math
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
+from pydantic import Field
 from torch import nn
 
 from offline_chunk.nets.ensemble import Ensemble
 from offline_chunk.nets.unet1d import ChunkQNet, ObsEncoder
+from offline_chunk.sections import Section
+
+
+class CriticConfig(Section):
+    """The agent's critic ensemble: its kind and each kind's sizes (the other kind's are not used)."""
+
+    kind: Literal["unet", "mlp"] = "unet"
+    """unet: U-Net over the chunk | mlp: Q-chunking's MLP critic"""
+    ensemble: int = Field(2, ge=1)
+    """K critics (2: clipped double Q)"""
+    feature_dim: int = 256
+    """unet only: observation feature width"""
+    down_dims: list[int] = [64, 128]
+    """unet only: channels of the U-Net's levels"""
+    head_hidden: int = 256
+    """unet only: width of the value head"""
+    hidden_dims: list[int] = [512, 512, 512, 512]
+    """mlp only (QC: 4 x 512, GELU, LayerNorm)"""
+    layer_norm: bool = True
+    """mlp only"""
 
 
 class ChunkCritic(nn.Module):

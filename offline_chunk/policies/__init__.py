@@ -1,12 +1,17 @@
 """Chunk policies: generators of (B, H, A) action chunks in normalized units (diffusion family and
-ACT-style transformers)."""
+ACT-style transformers), each with its typed configuration section."""
 
 from torch import nn
 
-from offline_chunk.policies.act import DeterministicChunkPolicy, TanhGaussianChunkPolicy
+from offline_chunk.policies.act import (
+    DeterministicChunkPolicy,
+    DeterministicTransformerConfig,
+    GaussianTransformerConfig,
+    TanhGaussianChunkPolicy,
+)
 from offline_chunk.policies.base import ChunkGenerator
-from offline_chunk.policies.consistency import ConsistencyChunkPolicy
-from offline_chunk.policies.ddpm import DDPMChunkPolicy
+from offline_chunk.policies.consistency import ConsistencyChunkPolicy, ConsistencyConfig
+from offline_chunk.policies.ddpm import DDPMChunkPolicy, DDPMConfig
 
 POLICIES = {
     "ddpm": DDPMChunkPolicy,
@@ -15,20 +20,26 @@ POLICIES = {
     "act_deterministic": DeterministicChunkPolicy,
 }
 
+PolicyConfig = ConsistencyConfig | DDPMConfig | GaussianTransformerConfig | DeterministicTransformerConfig
 
-def make_policy(kind: str, **kwargs) -> nn.Module:
-    """The policy of `kind` (a key of POLICIES) built from the constructor's keyword arguments."""
-    if kind not in POLICIES:
-        raise ValueError(f"policy kind must be one of {sorted(POLICIES)}, got {kind!r}")
-    return POLICIES[kind](**kwargs)
+
+def make_policy(cfg: PolicyConfig, **shape) -> nn.Module:
+    """The policy `cfg.kind` sized by `cfg`, for observations and chunks of `shape` (obs_dim, obs_horizon,
+    action_dim, horizon)."""
+    return POLICIES[cfg.kind](**cfg.model_dump(exclude={"kind"}), **shape)
 
 
 __all__ = [
     "ChunkGenerator",
     "ConsistencyChunkPolicy",
+    "ConsistencyConfig",
     "DDPMChunkPolicy",
+    "DDPMConfig",
     "DeterministicChunkPolicy",
+    "DeterministicTransformerConfig",
+    "GaussianTransformerConfig",
     "POLICIES",
+    "PolicyConfig",
     "TanhGaussianChunkPolicy",
     "make_policy",
 ]

@@ -14,13 +14,47 @@ observations (B, To, D) standardized, chunks (B, H, A) in [-1, 1].
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
+
+from offline_chunk.sections import Section
 
 DECODINGS = ("parallel", "autoregressive")
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+
+
+class TransformerConfig(Section):
+    """The ACT-style transformer's sizes (ChunkTransformer)."""
+
+    feature_dim: int = 256
+    """transformer width (the train presets set it: 128 on CPU)"""
+    num_heads: int = Field(4, ge=1)
+    encoder_layers: int = Field(2, ge=1)
+    """over the To observation tokens"""
+    decoder_layers: int = Field(2, ge=1)
+    """over the H learned query tokens"""
+    feedforward_dim: int = 512
+    decoding: Literal["parallel", "autoregressive"] = "parallel"
+    """autoregressive: each step's output feeds the next step's query"""
+
+
+class GaussianTransformerConfig(TransformerConfig):
+    """chunk_sac's actor: a tanh-Gaussian per chunk step."""
+
+    kind: Literal["act_gaussian"] = "act_gaussian"
+    log_std_min: float = -5.0
+    """clamp of the per-step log-std"""
+    log_std_max: float = 2.0
+
+
+class DeterministicTransformerConfig(TransformerConfig):
+    """td3bc's actor: a tanh output per chunk step."""
+
+    kind: Literal["act_deterministic"] = "act_deterministic"
 
 
 def tanh_gaussian_log_prob(pre_tanh: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,18 @@ from einops import rearrange, repeat
 from torch import nn
 
 from offline_chunk.nets.unet1d import ChunkUNet, ObsEncoder
+from offline_chunk.sections import Section
+
+
+class UNetPolicySizes(Section):
+    """The sizes of the diffusion policies' U-Net (ChunkGenerator)."""
+
+    feature_dim: int = 256
+    """observation feature width (the train presets set it: 128 on CPU)"""
+    down_dims: list[int] = [64, 128, 256]
+    """channels of the U-Net's levels over the chunk"""
+    kernel_size: int = 5
+    """temporal convolution kernel"""
 
 
 def standard_normal(

@@ -10,12 +10,15 @@ is stateful and looks the step index up with `.item()`).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from diffusers import CMStochasticIterativeScheduler
+from pydantic import Field
 
 from offline_chunk.policies.base import (
     ChunkGenerator,
+    UNetPolicySizes,
     per_sample,
     per_sample_mean,
     standard_normal,
@@ -26,6 +29,19 @@ SIGMA_DATA = 0.5
 SIGMA_MIN = 0.002
 RHO = 7.0
 LOSS_KINDS = ("recon", "consistency")
+
+
+class ConsistencyConfig(UNetPolicySizes):
+    """CPQL's consistency policy (official agents/karras_diffusion.py)."""
+
+    kind: Literal["consistency"] = "consistency"
+    sigma_max: float = 80.0
+    """Karras schedule top level (sigma_min 0.002, sigma_data 0.5, rho 7)"""
+    num_scales: int = Field(40, ge=2)
+    """N Karras levels"""
+    sample_steps: list[int] = []
+    """levels to re-noise to after the first step: [] one-step sampling (official "onestep"); AntMaze:
+    multistep, e.g. [20, 39]"""
 
 
 def karras_weight(sigma: torch.Tensor, sigma_data: float = SIGMA_DATA) -> torch.Tensor:

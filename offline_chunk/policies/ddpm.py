@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
+from pydantic import Field
 
 from offline_chunk.policies.base import (
     ChunkGenerator,
+    UNetPolicySizes,
     per_sample,
     per_sample_mean,
     standard_normal,
@@ -26,6 +29,17 @@ from offline_chunk.policies.base import (
 
 BETA_SCHEDULES = ("vp", "linear", "squaredcos_cap_v2")
 SAMPLERS = ("ddpm", "ddim")
+
+
+class DDPMConfig(UNetPolicySizes):
+    """Diffusion-QL's DDPM policy (official agents/diffusion.py)."""
+
+    kind: Literal["ddpm"] = "ddpm"
+    num_diffusion_steps: int = Field(5, ge=1)
+    """T = 5 with the VP schedule (paper Sec. 4, official main.py)"""
+    beta_schedule: Literal["vp", "linear", "squaredcos_cap_v2"] = "vp"
+    sampler: Literal["ddpm", "ddim"] = "ddpm"
+    """ddim: faster sampling (deterministic)"""
 
 
 def vp_betas(num_steps: int, beta_min: float = 0.1, beta_max: float = 10.0) -> torch.Tensor:

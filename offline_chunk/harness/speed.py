@@ -36,7 +36,7 @@ from torch.utils.flop_counter import flop_registry
 from offline_chunk.agents import ChunkAgent, Dims, make_agent
 from offline_chunk.agents.targets import batch_fields
 from offline_chunk.checkpoint import pick_device
-from offline_chunk.config import load_config
+from offline_chunk.config import RunConfig, load_config
 from offline_chunk.data.dataset import ChunkSampler, OfflineRLDataset
 from offline_chunk.data.normalize import Normalizer
 from offline_chunk.data.store import StepData
@@ -64,7 +64,7 @@ def synthetic_dataset(horizon: int = 5) -> OfflineRLDataset:
     return OfflineRLDataset(data, horizon=horizon, obs_horizon=1, gamma=0.99)
 
 
-def bench_config(agent: str, config: str, overrides: list[str] = ()) -> dict:
+def bench_config(agent: str, config: str, overrides: list[str] = ()) -> RunConfig:
     if config not in CONFIGS:
         raise ValueError(f"config must be one of {', '.join(CONFIGS)}; got {config!r}")
     sized = load_config(agent, CONFIGS[config], overrides)
@@ -72,7 +72,7 @@ def bench_config(agent: str, config: str, overrides: list[str] = ()) -> dict:
         return sized
     cfg = load_config(agent, "default", overrides)
     for networks in ("policy", "critic"):
-        cfg["agent"][networks] = sized["agent"][networks]
+        setattr(cfg.agent, networks, getattr(sized.agent, networks))
     return cfg
 
 
@@ -83,7 +83,7 @@ class BenchSetup:
     agent: ChunkAgent
     sampler: ChunkSampler
     device: torch.device
-    cfg: dict
+    cfg: RunConfig
 
     def step(self) -> dict[str, torch.Tensor]:
         return self.agent.update(self.sampler.sample())
@@ -103,14 +103,14 @@ def bench_setup(
     dataset: OfflineRLDataset | None = None,
 ) -> BenchSetup:
     cfg = bench_config(agent, config, [f"batch_size={batch_size}", f"horizon={horizon}", *overrides])
-    torch_device = pick_device(device if device != "auto" else cfg["device"])
+    torch_device = pick_device(device if device != "auto" else cfg.device)
     torch.manual_seed(0)
     dataset = dataset or synthetic_dataset(horizon)
     dims = Dims(OBS_DIM, 1, ACTION_DIM, horizon)
     normalizer = Normalizer.from_data(dataset.data)
-    built = make_agent(agent, dims, cfg["agent"], normalizer, total_steps=10**6).to(torch_device)
-    built.configure_execution(cfg["compile"], cfg["precision"])
-    sampler = dataset.sampler(batch_size, device=torch_device, seed=0, **batch_fields(cfg["agent"]))
+    built = make_agent(cfg.agent, dims, normalizer, total_steps=10**6).to(torch_device)
+    built.configure_execution(cfg.compile, cfg.precision)
+    sampler = dataset.sampler(batch_size, device=torch_device, seed=0, **batch_fields(cfg.agent))
     return BenchSetup(built, sampler, torch_device, cfg)
 
 
@@ -237,7 +237,7 @@ def measure(
         batch_size=batch_size,
         horizon=horizon,
         compile=isinstance(setup.agent.critic_objective, CompiledWithFallback),
-        precision=setup.cfg["precision"],
+        precision=setup.cfg.precision,
         updates_per_s=median,
         updates_per_s_min=min(rates),
         updates_per_s_max=max(rates),

@@ -89,11 +89,11 @@ def _agent_and_gamma(agent: ChunkAgent | str | Path, gamma: float | None) -> tup
     if isinstance(agent, ChunkAgent):
         if gamma is None:
             raise ValueError(
-                "pass gamma (read_checkpoint(ckpt)['config']['gamma']), or pass the checkpoint path as agent"
+                "pass gamma (read_checkpoint(ckpt)['config'].gamma), or pass the checkpoint path as agent"
             )
         return agent, float(gamma)
     payload = read_checkpoint(agent)  # read once: the agent and the run's γ
-    gamma = payload["config"]["gamma"] if gamma is None else gamma
+    gamma = payload["config"].gamma if gamma is None else gamma
     return agent_from_payload(payload, pick_device(None)).eval(), float(gamma)
 
 

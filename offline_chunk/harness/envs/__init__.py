@@ -1,5 +1,5 @@
 """Simulator adapters: chunk execution (pure numpy) and OGBench environments (imported on use)."""
 
-from offline_chunk.envs.chunks import ChunkExecutor
+from offline_chunk.harness.envs.chunks import ChunkExecutor
 
 __all__ = ["ChunkExecutor"]

@@ -19,11 +19,15 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import yaml
 
 from offline_chunk.errors import BenchmarkError
+
+if TYPE_CHECKING:
+    from offline_chunk.config import RunConfig
 
 REFERENCE_CSV = Path(__file__).resolve().parent / "reference" / "qc_ogbench_offline.csv"  # package data
 PAPER_METHODS = ("QC", "FQL", "BFN")
@@ -192,7 +196,7 @@ class PlannedRun:
     label: str
     seed: int
     run_dir: Path
-    cfg: dict
+    cfg: RunConfig
     bc_only_from_checkpoints: bool = False  # its BC-only ablation: its own checkpoints, one candidate
 
     def finished_config(self) -> dict | None:
@@ -205,7 +209,7 @@ class PlannedRun:
 
     def is_complete(self) -> bool:
         """Finished earlier with this very configuration."""
-        return self.finished_config() == self.cfg
+        return self.finished_config() == self.cfg.model_dump()
 
 
 def changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -224,9 +228,9 @@ def refuse_to_replace_finished_runs(runs: list[PlannedRun]) -> None:
     """A finished run is hours of training: one whose configuration differs from the requested one is
     not deleted to make room (another --out keeps both)."""
     clashes = [
-        f"{run.run_dir} (differs in {', '.join(changed_keys(finished, run.cfg))})"
+        f"{run.run_dir} (differs in {', '.join(changed_keys(finished, run.cfg.model_dump()))})"
         for run in runs
-        if (finished := run.finished_config()) is not None and finished != run.cfg
+        if (finished := run.finished_config()) is not None and finished != run.cfg.model_dump()
     ]
     if clashes:
         raise BenchmarkError(
@@ -256,7 +260,7 @@ def plan_runs(
         if steps is not None:
             named.append(f"steps={steps}")
         cfg = load_config(agent, PRESETS[preset]["train_preset"], [*named, *extra, *overrides])
-        from_checkpoints = ablation and AGENTS[agent].acts_by_candidates and cfg["agent"]["eta"] == 0
+        from_checkpoints = ablation and AGENTS[agent].acts_by_candidates and cfg.agent.eta == 0
         return PlannedRun(label, seed, run_dir, cfg, bool(from_checkpoints and label == agent))
 
     runs = []
@@ -275,7 +279,7 @@ def evaluate_one_candidate(run: PlannedRun) -> list[Evaluation]:
     """The BC-only ablation of a run trained with eta = 0: each checkpoint it evaluated during training, now
     acting by one sampled chunk (no choice by Q), on the same evaluation episodes (same seed). Evaluations
     done before are kept in <run>/evaluations_one_candidate.csv and not repeated."""
-    from offline_chunk.evaluate import evaluate  # simulators are imported only when evaluating
+    from offline_chunk.harness.evaluation import evaluate  # simulators are imported only when evaluating
 
     cfg, path = run.cfg, run.run_dir / ONE_CANDIDATE_CSV
     done = (
@@ -288,11 +292,11 @@ def evaluate_one_candidate(run: PlannedRun) -> list[Evaluation]:
             continue
         report = evaluate(
             run.run_dir / "checkpoints" / f"step_{trained.step:08d}.pt",
-            episodes=cfg["eval_episodes"],
-            workers=cfg["eval_workers"],
-            seed=cfg["seed"],
+            episodes=cfg.eval_episodes,
+            workers=cfg.eval_workers,
+            seed=cfg.seed,
             candidates=1,
-            max_steps=cfg["eval_max_steps"],
+            max_steps=cfg.eval_max_steps,
             out=run.run_dir / "one_candidate",
             progress=False,
         )
@@ -307,7 +311,7 @@ def evaluate_one_candidate(run: PlannedRun) -> list[Evaluation]:
 def resumable_checkpoint(run: PlannedRun) -> Path | None:
     """The last step checkpoint of an unfinished earlier attempt at this very run (same configuration)."""
     config = run.run_dir / "config.yaml"
-    if not config.exists() or yaml.safe_load(config.read_text()) != run.cfg:
+    if not config.exists() or yaml.safe_load(config.read_text()) != run.cfg.model_dump():
         return None
     checkpoints = sorted((run.run_dir / "checkpoints").glob("step_*.pt"))
     return checkpoints[-1] if checkpoints else None
@@ -338,7 +342,7 @@ def launch(run: PlannedRun, threads: int, quiet: bool) -> subprocess.Popen:
         shutil.rmtree(run.run_dir, ignore_errors=True)
         run.run_dir.mkdir(parents=True)
         config = run.run_dir / "config.yaml"  # what `train` saves of a run, written here first as its input
-        config.write_text(yaml.safe_dump(run.cfg, sort_keys=False))
+        config.write_text(yaml.safe_dump(run.cfg.model_dump(), sort_keys=False))
         command = [sys.executable, "-m", "offline_chunk", "train", "--config", str(config)]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     if not quiet:
@@ -411,21 +415,21 @@ def run_benchmark(
     return report
 
 
-def acting(cfg: dict) -> str:
+def acting(cfg: RunConfig) -> str:
     """How a run's policy picks the chunk it executes, for the report."""
-    act = cfg["agent"]["act"]
-    if act["candidates"] > 1:
-        return f"best of {act['candidates']} chunks under Q ({act['select']})"
-    if act["select"] in ("argmax", "softmax"):  # a selection rule over one candidate selects nothing
+    act = cfg.agent.act
+    if act.candidates > 1:
+        return f"best of {act.candidates} chunks under Q ({act.select})"
+    if act.select in ("argmax", "softmax"):  # a selection rule over one candidate selects nothing
         return "one sampled chunk (no choice by Q)"
-    return f"the actor's chunk ({act['select']}; no choice by Q)"
+    return f"the actor's chunk ({act.select}; no choice by Q)"
 
 
-def learning(cfg: dict) -> str:
+def learning(cfg: RunConfig) -> str:
     """The actor's Q weight (diffusion agents) and the critic target, for the report."""
-    agent = cfg["agent"]
-    parts = [f"eta = {agent['eta']:g}"] if "eta" in agent else []
-    bound = agent["target_lower_bound"] == "monte_carlo"
+    agent = cfg.agent
+    parts = [f"eta = {agent.eta:g}"] if hasattr(agent, "eta") else []
+    bound = agent.target_lower_bound == "monte_carlo"
     parts.append("targets raised to the recorded return" if bound else "plain Bellman targets")
     return ", ".join(parts)
 
@@ -438,8 +442,8 @@ def run_settings(runs: list[PlannedRun]) -> str:
         cfg = mine[0].cfg
         seeds = ",".join(str(run.seed) for run in mine)
         lines.append(
-            f"- {label}: preset {cfg['preset']}, {cfg['steps']:,} updates, batch {cfg['batch_size']}, "
-            f"H = {cfg['horizon']}, seeds {seeds}, store {cfg['dataset']}, {cfg['eval_episodes']} evaluation "
+            f"- {label}: preset {cfg.preset}, {cfg.steps:,} updates, batch {cfg.batch_size}, "
+            f"H = {cfg.horizon}, seeds {seeds}, store {cfg.dataset}, {cfg.eval_episodes} evaluation "
             f"episodes per point; {learning(cfg)}; acts by {acting(cfg)}"
         )
         if mine[0].bc_only_from_checkpoints:

@@ -7,16 +7,15 @@ Bad input prints one line naming the file, array, row and rule, and exits with s
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
-import yaml
 
-from offline_chunk.benchmark import PRESETS, REWARDS
+from offline_chunk.agents import AGENTS
 from offline_chunk.errors import BenchmarkError, CheckpointError, ConfigError, DataError, DivergenceError
+from offline_chunk.harness.benchmark import PRESETS, REWARDS
 
 DEFAULT_HORIZON = 5  # the Q-chunking paper's chunk length, used for the summary's chunk count
 
@@ -59,7 +58,8 @@ def cmd_inspect(args) -> None:
 
 def cmd_train(args) -> None:
     from offline_chunk.checkpoint import read_checkpoint
-    from offline_chunk.config import apply_override, load_config
+    from offline_chunk.config import load_config, read_config, with_overrides
+    from offline_chunk.harness.evaluation import periodic_evaluator  # simulators load on first evaluation
     from offline_chunk.train import train
 
     named = [
@@ -70,17 +70,21 @@ def cmd_train(args) -> None:
     if args.resume or args.config:
         resume = read_checkpoint(args.resume) if args.resume else None
         # a copy: the checkpoint's own config stays as it was, for check_resume to compare against
-        cfg = copy.deepcopy(resume["config"]) if resume else yaml.safe_load(Path(args.config).read_text())
-        for assignment in named + args.overrides:
-            apply_override(cfg, assignment)
+        cfg = with_overrides(resume["config"] if resume else read_config(args.config), named + args.overrides)
     else:
         resume = None
         cfg = load_config(args.agent, args.preset, named + args.overrides)
-    train(cfg, resume)
+    train(cfg, resume, periodic_evaluator(cfg) if cfg.eval_every else None)
+
+
+def cmd_config(args) -> None:
+    from offline_chunk.config import describe, load_config
+
+    print(describe(load_config(args.agent, args.preset, args.overrides)))
 
 
 def cmd_eval(args) -> None:
-    from offline_chunk.evaluate import evaluate, format_summary
+    from offline_chunk.harness.evaluation import evaluate, format_summary
 
     report = evaluate(
         args.checkpoint,
@@ -98,7 +102,7 @@ def cmd_eval(args) -> None:
 
 
 def cmd_benchmark(args) -> None:
-    from offline_chunk.benchmark import run_benchmark
+    from offline_chunk.harness.benchmark import run_benchmark
 
     run_benchmark(
         args.task,
@@ -115,7 +119,7 @@ def cmd_benchmark(args) -> None:
 
 
 def cmd_bench(args) -> None:
-    from offline_chunk.speed import run_bench, run_scaling
+    from offline_chunk.harness.speed import run_bench, run_scaling
 
     ints = lambda text: [int(v) for v in text.split(",")]  # noqa: E731
     if args.scaling:
@@ -147,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     dataset.set_defaults(handler=cmd_dataset)
 
     train = commands.add_parser("train", help="train an agent on a store")
-    train.add_argument("--agent", default="cpql", help="cpql | dql | chunk_sac | td3bc")
+    train.add_argument("--agent", default="cpql", choices=list(AGENTS))
     train.add_argument(
         "--preset",
         default="default",
@@ -162,6 +166,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. agent.eta=2")
     train.set_defaults(handler=cmd_train)
+
+    config = commands.add_parser("config", help="print a resolved config, each field described")
+    config.add_argument("--agent", default="cpql", choices=list(AGENTS))
+    config.add_argument("--preset", default="default", help="configs/train/<preset>.yaml")
+    config.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. agent.eta=2"
+    )
+    config.set_defaults(handler=cmd_config)
 
     evaluation = commands.add_parser("eval", help="roll a checkpoint out in its store's simulator")
     evaluation.add_argument("checkpoint")
@@ -198,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(handler=cmd_benchmark)
 
     speed = commands.add_parser("bench", help="update speed: updates/s, time split, memory, FLOPs")
-    speed.add_argument("--agent", default="cpql,dql,chunk_sac,td3bc", help="comma-separated agents")
+    speed.add_argument("--agent", default=",".join(AGENTS), help="comma-separated agents")
     speed.add_argument(
         "--config", default="default,matched", help="default, matched, gpu, qc, qc_cpu (comma-separated)"
     )
