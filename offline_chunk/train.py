@@ -158,25 +158,26 @@ def build_run(cfg: RunConfig, resume: dict | None = None) -> Run:
 
 
 class MetricLog:
-    """Sums metrics on the device; `read` brings their means to the host in one transfer."""
+    """Sums metrics on the device; `read` brings their means to the host in one transfer, each metric's
+    over the updates that reported it (TD3+BC's actor reports on its delayed updates only)."""
 
     def __init__(self):
         self.sums: dict[str, torch.Tensor] = {}
-        self.count = 0
+        self.counts: dict[str, int] = {}  # host counters: no device read
 
     def add(self, metrics: dict[str, torch.Tensor]) -> None:
         for key, value in metrics.items():
             self.sums[key] = self.sums[key] + value if key in self.sums else value.clone()
+            self.counts[key] = self.counts.get(key, 0) + 1
         abs_max = metrics["critic/q_abs_max"]
         self.sums["guard/q_abs_max"] = torch.maximum(self.sums.get("guard/q_abs_max", abs_max), abs_max)
-        self.count += 1
 
     def read(self) -> dict[str, float]:
         keys = list(self.sums)
         values = torch.stack([self.sums[k].float() for k in keys]).tolist()
-        means = {k: v / self.count for k, v in zip(keys, values, strict=True)}
+        means = {k: v / self.counts[k] for k, v in zip(keys, values, strict=True) if k in self.counts}
         means["guard/q_abs_max"] = values[keys.index("guard/q_abs_max")]
-        self.sums, self.count = {}, 0
+        self.sums, self.counts = {}, {}
         return means
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from offline_chunk.agents import AGENTS
 from offline_chunk.config import load_config
 from offline_chunk.data.store import StepData, write_store
 
@@ -31,6 +32,10 @@ def tiny_nets(agent: str) -> list[str]:
 
 
 TINY_NETS = tiny_nets("cpql")
+
+# The registry's agents by how they act: by Q over sampled candidate chunks, or by their actor's one chunk.
+BY_CANDIDATES = [name for name, agent in AGENTS.items() if agent.acts_by_candidates]
+BY_ACTOR = [name for name, agent in AGENTS.items() if not agent.acts_by_candidates]
 
 # K = 2 critics, B = 3 states, N = 2 candidate next chunks.
 TARGET_Q = torch.tensor([[[4.0, 6.0], [1.0, 1.0], [10.0, -2.0]], [[5.0, 3.0], [7.0, 0.0], [8.0, 0.0]]])

@@ -4,10 +4,11 @@ training runs, checkpoints, exact resume, and refusal of bad checkpoint files.""
 import numpy as np
 import pytest
 import torch
-from helpers import ONLINE_Q, TARGET_Q, TINY_NETS, chain_store, monte_carlo_values, tiny_config
+from helpers import BY_CANDIDATES, ONLINE_Q, TARGET_Q, TINY_NETS, chain_store, monte_carlo_values, tiny_config
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from offline_chunk import load_agent
+from offline_chunk.agents import AGENTS
 from offline_chunk.agents.targets import (
     backup_value,
     best_candidate,
@@ -200,7 +201,7 @@ def test_chunk_sac_refuses_the_return_bound(tmp_path):
 # --------------------------------------------------------------------------- training runs
 
 
-@pytest.mark.parametrize("agent_name", ["dql", "cpql"])
+@pytest.mark.parametrize("agent_name", BY_CANDIDATES)
 def test_agent_trains_with_finite_decreasing_critic_loss(tmp_path, agent_name):
     torch.manual_seed(0)
     store = chain_store(tmp_path / "chain.zarr")
@@ -266,10 +267,12 @@ def test_train_cli_from_a_runs_config_repeats_the_run(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
 
 
-def test_resume_is_bit_identical(tmp_path):
+@pytest.mark.parametrize("name", list(AGENTS))
+def test_resume_is_bit_identical(tmp_path, name):
+    """Resumed at update 25: for TD3+BC between its delayed updates; SAC's temperature optimizer travels."""
     store = chain_store(tmp_path / "chain.zarr")
     steps = ["steps=40", "checkpoint_every=25"]
-    straight = train(tiny_config("dql", store, tmp_path / "a", *steps))
+    straight = train(tiny_config(name, store, tmp_path / "a", *steps))
     resumed_from = tmp_path / "a" / "checkpoints" / "step_00000025.pt"
     payload = read_checkpoint(resumed_from)
     cfg = payload["config"].model_copy(update={"run_dir": str(tmp_path / "b")})

@@ -100,6 +100,7 @@ class ChunkAgent(nn.Module):
 
     Config: type[AgentConfig] = AgentConfig
     acts_by_candidates = False  # acting samples `act.candidates` chunks and picks one by Q
+    optimizers = ("actor_opt", "critic_opt")  # the optimizer attributes a checkpoint saves
 
     def __init__(self, dims: Dims, cfg: AgentConfig | dict, normalizer: Normalizer, total_steps: int):
         super().__init__()
@@ -113,7 +114,7 @@ class ChunkAgent(nn.Module):
             dims.obs_horizon,
             dims.action_dim,
             size=critic_cfg.pop("ensemble"),
-            horizon=self.critic_horizon(dims),
+            horizon=self.critic_view(torch.empty(0, dims.horizon, 0)).shape[-2],  # of the chunks it scores
             **critic_cfg,
         )
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
@@ -184,10 +185,6 @@ class ChunkAgent(nn.Module):
         """The part of a (..., H, A) chunk the critics score: all of it (an agent may score a prefix)."""
         return chunk
 
-    def critic_horizon(self, dims: Dims) -> int:
-        """The length of the chunk `critic_view` gives the critics."""
-        return dims.horizon
-
     def update_critic(self, obs, actions, next_obs, batch) -> dict[str, torch.Tensor]:
         loss, metrics = self.critic_objective(obs, actions, next_obs, batch)
         return {**metrics, "critic/grad_norm": self._step(self.critic_opt, self.critic, loss)}
@@ -207,6 +204,7 @@ class ChunkAgent(nn.Module):
             "critic/q_max": q.detach().max(),
             "critic/q_abs_max": q.detach().abs().max(),
             "critic/target_q": target.mean(),
+            "critic/chunk_reward": batch["cumulative_reward"].mean(),  # R^(τ): the n-step return, n = τ
             "critic/target_raised": (target > bellman).float().mean(),  # share lifted by the lower bound
         }
 
@@ -276,15 +274,14 @@ class ChunkAgent(nn.Module):
     def training_state(self) -> dict:
         """Everything beyond the module weights that resuming needs."""
         return {
-            "actor_opt": self.actor_opt.state_dict(),
-            "critic_opt": self.critic_opt.state_dict(),
+            **{name: getattr(self, name).state_dict() for name in self.optimizers},
             "schedulers": [s.state_dict() for s in self.schedulers],
             "num_updates": self.num_updates,
         }
 
     def load_training_state(self, state: dict) -> None:
-        self.actor_opt.load_state_dict(state["actor_opt"])
-        self.critic_opt.load_state_dict(state["critic_opt"])
+        for name in self.optimizers:
+            getattr(self, name).load_state_dict(state[name])
         for scheduler, scheduler_state in zip(self.schedulers, state["schedulers"], strict=True):
             scheduler.load_state_dict(scheduler_state)
         self.num_updates = int(state["num_updates"])

@@ -92,6 +92,7 @@ class ChunkSACAgent(ChunkAgent):
     name = "chunk_sac"
     Config = ChunkSACConfig  # one sampled next chunk per state (min or mean); no lower bound: a soft Q adds
     # entropy bonuses that the recorded return does not bound
+    optimizers = (*ChunkAgent.optimizers, "alpha_opt")
 
     def __init__(self, dims: Dims, cfg: ChunkSACConfig | dict, normalizer: Normalizer, total_steps: int):
         super().__init__(dims, cfg, normalizer, total_steps)
@@ -104,10 +105,8 @@ class ChunkSACAgent(ChunkAgent):
         return self.log_alpha.detach().exp()
 
     def critic_view(self, chunk: torch.Tensor) -> torch.Tensor:
+        """Q(s, a_1..a_H) (`chunk`), or Q(s, a_1) (`first_action`)."""
         return chunk[..., :1, :] if self.cfg.critic_input == "first_action" else chunk
-
-    def critic_horizon(self, dims: Dims) -> int:
-        return 1 if self.cfg.critic_input == "first_action" else dims.horizon
 
     # ------------------------------------------------------------------ critic
 
@@ -116,14 +115,6 @@ class ChunkSACAgent(ChunkAgent):
         """Soft value V(s′) = backup_k Q_k^targ(s′, a′) − α log π(a′ | s′), a′ ~ π(· | s′)."""
         next_chunk, log_prob, _ = self.actor(next_obs)
         return self.policy_chunk_value(next_obs, next_chunk) - self.alpha() * log_prob
-
-    def update_critic(self, obs, actions, next_obs, batch) -> dict[str, torch.Tensor]:
-        metrics = super().update_critic(obs, actions, next_obs, batch)
-        return {
-            **metrics,
-            "q_chunking/n_step_returns": batch["cumulative_reward"].mean(),
-            "q_chunking/chunk_size": torch.full((), float(self.dims.horizon), device=obs.device),
-        }
 
     # ------------------------------------------------------------------ actor and temperature
 
@@ -151,6 +142,7 @@ class ChunkSACAgent(ChunkAgent):
             "actor/bc_term": bc_term.detach(),
             "actor/q": q.detach().mean(),
             "q_chunking/joint_log_prob": log_prob.detach().mean(),
+            "q_chunking/chunk_size": torch.full((), float(actions.shape[1]), device=obs.device),
         }
 
     def update_actor(self, obs, actions, action_mask) -> dict[str, torch.Tensor]:
@@ -171,16 +163,9 @@ class ChunkSACAgent(ChunkAgent):
             "q_chunking/adjusted_entropy": torch.full((), self.target_entropy, device=alpha.device),
         }
 
-    # ------------------------------------------------------------------ acting and checkpoint state
+    # ------------------------------------------------------------------ acting
 
     def choose_chunk(self, obs: torch.Tensor) -> torch.Tensor:
         """The chunk of means tanh(μ) (`act.select: mean`) or one reparameterised sample (`sample`)."""
         chunk, _, mean_chunk = self.actor(obs)
         return mean_chunk if self.cfg.act.select == "mean" else chunk
-
-    def training_state(self) -> dict:
-        return {**super().training_state(), "alpha_opt": self.alpha_opt.state_dict()}
-
-    def load_training_state(self, state: dict) -> None:
-        super().load_training_state(state)
-        self.alpha_opt.load_state_dict(state["alpha_opt"])

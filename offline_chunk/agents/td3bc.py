@@ -59,7 +59,6 @@ class TD3BCAgent(ChunkAgent):
     def __init__(self, dims: Dims, cfg: TD3BCConfig | dict, normalizer: Normalizer, total_steps: int):
         super().__init__(dims, cfg, normalizer, total_steps)
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
-        self.actor_metrics: dict[str, torch.Tensor] = {}  # of the latest (delayed) actor update
 
     @torch.no_grad()
     def next_state_value(self, next_obs: torch.Tensor, batch: dict) -> torch.Tensor:
@@ -75,11 +74,11 @@ class TD3BCAgent(ChunkAgent):
         return update_index % self.cfg.policy_delay == 0
 
     def update_actor(self, obs, actions, action_mask) -> dict[str, torch.Tensor]:
-        """Between delayed updates, the latest actor update's metrics: every update returns the same keys,
-        which the training loop averages."""
-        if self.delayed_update(self.num_updates):
-            self.actor_metrics = super().update_actor(obs, actions, action_mask)
-        return self.actor_metrics
+        """The actor step on delayed updates only (no metrics in between: the log averages each metric over
+        the updates that report it)."""
+        return (
+            super().update_actor(obs, actions, action_mask) if self.delayed_update(self.num_updates) else {}
+        )
 
     def actor_loss(self, obs, actions, action_mask):
         chunk = self.actor(obs)
@@ -101,12 +100,3 @@ class TD3BCAgent(ChunkAgent):
 
     def choose_chunk(self, obs: torch.Tensor) -> torch.Tensor:
         return self.actor(obs)
-
-    def training_state(self) -> dict:
-        """The latest actor metrics too: a run resumed between delayed updates returns them until the next."""
-        return {**super().training_state(), "actor_metrics": self.actor_metrics}
-
-    def load_training_state(self, state: dict) -> None:
-        super().load_training_state(state)
-        device = next(self.critic.parameters()).device
-        self.actor_metrics = {key: value.to(device) for key, value in state["actor_metrics"].items()}
