@@ -192,3 +192,37 @@ def test_notebook_runs_headless(tiny_run, tmp_path, monkeypatch):
     assert "Pearson correlation" in text and "10 chunk starts in 2 episodes" in text
     images = [output for output in outputs if "image/png" in output.get("data", {})]
     assert len(images) >= 2  # the per-episode panels and the scatter
+
+
+def test_summaries_by_outcome_split_the_goal_reaching_episodes_from_the_rest():
+    """Episodes 0 and 2 reach a terminal, episode 1 never does: each group's correlation is the Pearson
+    correlation of its own rows, computed here by hand."""
+    from offline_chunk.harness.q_analysis import QOnDemos, summarize_by_outcome
+
+    episode = np.array([0, 0, 0, 1, 1, 1, 2, 2])
+    q = np.array([1.0, 2.0, 4.0, 3.0, 1.0, 2.0, 0.0, 5.0])
+    g = np.array([1.0, 3.0, 3.0, 1.0, 2.0, 3.0, 1.0, 4.0])
+    result = QOnDemos(
+        episode=episode,
+        row=np.arange(8),
+        step=np.array([0, 1, 2, 0, 1, 2, 0, 1]),
+        q=q,
+        mc_return=g,
+        terminal=np.array([0, 0, 1, 0, 0, 0, 0, 1], bool),
+        tail_weight=np.zeros(8),
+        gamma=0.9,
+        horizon=1,
+        obs_horizon=1,
+        reduce="min",
+    )
+    by_outcome = summarize_by_outcome(result)
+
+    def pearson(a, b):
+        a, b = a - a.mean(), b - b.mean()
+        return (a @ b) / np.sqrt((a @ a) * (b @ b))
+
+    reached = np.array([0, 1, 2, 6, 7])
+    assert by_outcome["reach the goal"].rows == 5 and by_outcome["never reach it"].rows == 3
+    assert by_outcome["reach the goal"].correlation == pytest.approx(pearson(q[reached], g[reached]))
+    assert by_outcome["never reach it"].correlation == pytest.approx(pearson(q[3:6], g[3:6]))
+    assert by_outcome["never reach it"].correlation == pytest.approx(-0.5)

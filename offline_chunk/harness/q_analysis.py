@@ -18,7 +18,7 @@ overestimates it where they are negative). Those rows carry `tail_weight = γ^{e
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,7 @@ from offline_chunk.data.store import StepData
 # A row's return is flagged when its unseen tail weighs more than 1/e, i.e. when the truncated end lies
 # within about 1/(1 − γ) steps (the effective horizon: γ^k > 1/e  <=>  k < −1/ln γ ≈ 1/(1 − γ)).
 TAIL_FLAG_WEIGHT = math.exp(-1.0)
+ROW_FIELDS = ("episode", "row", "step", "q", "mc_return", "terminal", "tail_weight")  # QOnDemos' (M,) arrays
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,11 @@ class QOnDemos:
     @property
     def episode_ids(self) -> np.ndarray:
         return np.unique(self.episode)
+
+    def rows_of(self, keep: np.ndarray) -> QOnDemos:
+        """The entries where `keep` (M,) bool holds."""
+        per_row = {f.name: getattr(self, f.name)[keep] for f in fields(self) if f.name in ROW_FIELDS}
+        return replace(self, **per_row)
 
     def __len__(self) -> int:
         return len(self.row)
@@ -248,6 +254,16 @@ def summarize(result: QOnDemos, k: int = 5, complete_only: bool = True) -> QSumm
         episodes=table,
         worst=ranked[:k],
     )
+
+
+def summarize_by_outcome(result: QOnDemos, k: int = 5) -> dict[str, QSummary]:
+    """`summarize` over the episodes that reach a terminal row (in OGBench's single-task stores, the goal)
+    and over those that never do: whether Q tracks the return where success was recorded, and where not."""
+    reached = np.isin(result.episode, result.episode[result.terminal])
+    return {
+        "reach the goal": summarize(result.rows_of(reached), k),
+        "never reach it": summarize(result.rows_of(~reached), k),
+    }
 
 
 # --------------------------------------------------------------------------- plots
