@@ -71,8 +71,10 @@ def build_chunk_index(
     horizon: int,
     gamma: float,
     drop_partial: bool = True,
+    worst_reward: float | None = None,
 ) -> ChunkIndex:
-    """Apply the chunk rules of docs/chunk_transitions.md to every row at once."""
+    """Apply the chunk rules of docs/chunk_transitions.md to every row at once (`worst_reward`: see
+    return_lower_bounds)."""
     if horizon < 1:
         raise ValueError(f"horizon must be >= 1, got {horizon}")
     if not 0.0 <= gamma <= 1.0:
@@ -92,7 +94,7 @@ def build_chunk_index(
     start = rows[keep]
     length, done, begin, end = length[keep], done[keep], begin[keep], end[keep]
     returns = _chunk_returns(reward, start, length, horizon, gamma)
-    bounds = return_lower_bounds(reward, terminal, episode_ends, gamma)[start]
+    bounds = return_lower_bounds(reward, terminal, episode_ends, gamma, worst_reward)[start]
     return ChunkIndex(
         start=start,
         episode_begin=begin,

@@ -143,10 +143,20 @@ class ChunkSampler:
         self.generator = generator
         self.num_chunks = len(self.tensors.start)
 
+    def draw_ids(self) -> torch.Tensor:
+        """(B,) chunk indices, uniform over the transitions."""
+        return torch.randint(
+            self.num_chunks, (self.batch_size,), device=self.device, generator=self.generator
+        )
+
     def sample(self) -> dict:
-        ids = torch.randint(self.num_chunks, (self.batch_size,), device=self.device, generator=self.generator)
         return gather_chunks(
-            self.tensors, ids, self.horizon, self.obs_horizon, self.next_actions, self.return_bounds
+            self.tensors,
+            self.draw_ids(),
+            self.horizon,
+            self.obs_horizon,
+            self.next_actions,
+            self.return_bounds,
         )
 
     def __iter__(self):

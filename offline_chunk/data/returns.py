@@ -61,10 +61,15 @@ def unseen_tail_weights(terminal: np.ndarray, episode_ends: np.ndarray, gamma: f
 
 
 def return_lower_bounds(
-    reward: np.ndarray, terminal: np.ndarray, episode_ends: np.ndarray, gamma: float
+    reward: np.ndarray,
+    terminal: np.ndarray,
+    episode_ends: np.ndarray,
+    gamma: float,
+    worst_reward: float | None = None,
 ) -> np.ndarray:
     """L_t = G_t + γ^{e−t} · min(r) / (1 − γ) at every row: the recorded return, with the unseen tail of a
-    truncated episode valued as the store's worst reward received forever (−inf for γ = 1).
+    truncated episode valued as the store's worst reward received forever (−inf for γ = 1). `worst_reward`
+    stands for min(r) where these rows are part of a larger store (a replay indexing episode by episode).
 
     In a deterministic simulator replaying the recorded actions from s_t collects G_t, so the optimal value
     of the recorded chunk is at least L_t (where no reward falls below the store's minimum). MCAC (Wilcox
@@ -72,8 +77,9 @@ def return_lower_bounds(
     value of a recorded success back along its whole approach at once instead of one backup at a time."""
     reward = np.asarray(reward, np.float64)
     tail_weight = unseen_tail_weights(terminal, episode_ends, gamma)
+    worst = reward.min() if worst_reward is None else worst_reward
     if gamma < 1.0:
-        tail = tail_weight * (reward.min() / (1.0 - gamma))
+        tail = tail_weight * (worst / (1.0 - gamma))
     else:
         tail = np.where(tail_weight > 0.0, -np.inf, 0.0)
     return monte_carlo_returns(reward, terminal, episode_ends, gamma) + tail
