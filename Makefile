@@ -21,20 +21,21 @@ SEEDS   ?= 0
 BENCH   ?= quick
 JOBS    ?= 1
 OWN_VARIABLES := PYTHON=% VENV=% TORCH=% LOCK=% DATA=% OUT=% ARGS=% AGENT=% PRESET=% DATASET=% STEPS=% RUN=% RESUME=% \
-	TASK=% SEEDS=% BENCH=% REWARD=% JOBS=% CKPT=% EPISODES=% EXECUTE=% WORKERS=% DEVICE=% CONFIG=%
+	TASK=% SEEDS=% BENCH=% REWARD=% JOBS=% CKPT=% EPISODES=% EXECUTE=% WORKERS=% DEVICE=% CONFIG=% UTD=% ENVS=%
 # MAKEOVERRIDES escapes the spaces inside a value (`ARGS="--blocks 3"` is `ARGS=--blocks\ 3`): they are held
 # as ^ while filtering so that such a value stays one word.
 empty :=
 space := $(empty) $(empty)
 OVERRIDES = $(subst ^,$(space),$(filter-out $(OWN_VARIABLES),$(subst \$(space),^,$(MAKEOVERRIDES))))
 
-.PHONY: install lock test-portability dataset train eval benchmark test test-all bench bench-scaling bench-data lint clean help
+.PHONY: install lock test-portability dataset train eval finetune benchmark test test-all bench bench-scaling bench-data lint clean help
 
 help:
 	@echo "make install                    create $(VENV) with torch and every extra"
 	@echo "make dataset [DATA=...] [OUT=...] convert or generate a step-level zarr store"
 	@echo "make train [AGENT=cpql|dql|chunk_sac|td3bc] [DATASET=...] [STEPS=...] [RUN=...] [RESUME=ckpt] [PRESET=default|quick|gpu|qc|qc_cpu] [key=value ...]"
 	@echo "make eval CKPT=... [EPISODES=50] [EXECUTE=k] [WORKERS=2] [ARGS=...]  rollouts in the simulator"
+	@echo "make finetune CKPT=... [STEPS=50000] [UTD=1] [ENVS=1] [ARGS=...]  continue online in the simulator"
 	@echo "make benchmark [TASK=...] [AGENT=a,b] [SEEDS=0,1,2] [JOBS=2] [STEPS=...] [BENCH=quick|paper|qc|qc-cpu] [REWARD=paper|sparse|ogbench]"
 	@echo "make test                       fast CPU test suite (what CI runs)"
 	@echo "make test-portability           the same suite under 2 CPU kernel sets x 1 and 2 threads"
@@ -80,6 +81,12 @@ eval: $(STAMP)
 	@test -n "$(CKPT)" || { echo "make eval needs CKPT=<checkpoint>, e.g. CKPT=runs/<run>/checkpoints/final.pt" >&2; exit 2; }
 	$(PY) -m offline_chunk eval "$(CKPT)" $(if $(EPISODES),--episodes $(EPISODES)) \
 		$(if $(EXECUTE),--execute $(EXECUTE)) $(if $(WORKERS),--workers $(WORKERS)) $(ARGS)
+
+# Continue a checkpoint's agent online in its store's simulator (ARGS: --warmup N, --online-fraction F, ...).
+finetune: $(STAMP)
+	@test -n "$(CKPT)" || { echo "make finetune needs CKPT=<checkpoint>, e.g. CKPT=runs/<run>/checkpoints/final.pt" >&2; exit 2; }
+	$(PY) -m offline_chunk finetune "$(CKPT)" $(if $(STEPS),--env-steps $(STEPS)) $(if $(UTD),--utd $(UTD)) \
+		$(if $(ENVS),--envs $(ENVS)) $(if $(RUN),--run "$(RUN)") $(ARGS)
 
 $(DEFAULT_STORE): | $(STAMP)
 	$(PY) -m offline_chunk dataset ogbench:scene-play-singletask-task2-v0 --out $@

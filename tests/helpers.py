@@ -3,6 +3,7 @@
 import hashlib
 from pathlib import Path
 
+import gymnasium
 import numpy as np
 import torch
 
@@ -85,3 +86,37 @@ def tree_digest(path: Path) -> str:
         digest.update(str(file.relative_to(path)).encode())
         digest.update(file.read_bytes())
     return digest.hexdigest()
+
+
+class CountingEnv(gymnasium.Env):
+    """An episode reset with seed s lasts 3 + s % 5 steps and ends terminated (success) for even s, truncated
+    for odd s. The observation is (s, t); the reward of step t (from 1) is t. A running episode checks that
+    each action it receives is the one planned for it, (s, t): an action lost to an autoreset, or meant for
+    another episode, fails the step.
+    Stepping a finished episode (an idle worker) is allowed and changes nothing."""
+
+    observation_space = gymnasium.spaces.Box(-np.inf, np.inf, (2,), np.float64)
+    action_space = gymnasium.spaces.Box(-np.inf, np.inf, (2,), np.float64)
+
+    def reset(self, *, seed=None, options=None):
+        if seed is None:
+            raise AssertionError("unseeded reset")
+        super().reset(seed=seed)
+        self.episode_seed, self.t = seed, 0
+        return self.obs(), {}
+
+    def length(self) -> int:
+        return 3 + self.episode_seed % 5
+
+    def obs(self) -> np.ndarray:
+        return np.array([self.episode_seed, self.t], np.float64)
+
+    def step(self, action):
+        if self.t >= self.length():
+            return self.obs(), 0.0, True, False, {"success": False}
+        if not np.array_equal(action, self.obs()):
+            raise AssertionError(f"episode {self.episode_seed} step {self.t} received action {action}")
+        self.t += 1
+        ended = self.t == self.length()
+        success = ended and self.episode_seed % 2 == 0
+        return self.obs(), float(self.t), success, ended and not success, {"success": success}

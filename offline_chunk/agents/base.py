@@ -101,6 +101,7 @@ class ChunkAgent(nn.Module):
     Config: type[AgentConfig] = AgentConfig
     acts_by_candidates = False  # acting samples `act.candidates` chunks and picks one by Q
     optimizers = ("actor_opt", "critic_opt")  # the optimizer attributes a checkpoint saves
+    deterministic_actor = False  # acting gives the same chunk for a state every time
 
     def __init__(self, dims: Dims, cfg: AgentConfig | dict, normalizer: Normalizer, total_steps: int):
         super().__init__()
@@ -255,19 +256,28 @@ class ChunkAgent(nn.Module):
         return q.cpu().numpy() if isinstance(observations, np.ndarray) else q
 
     @torch.no_grad()
-    def act(self, observation_history):
+    def act(self, observation_history, explore: float | None = None):
         """Action chunk(s) in environment units: (To, D) -> (H, A), or a batch (B, To, D) -> (B, H, A); a
-        tensor or a numpy array in, the same kind out."""
+        tensor or a numpy array in, the same kind out. `explore` (collecting experience online): a chunk
+        of `explore_chunk` with that noise scale instead of the one the agent would execute."""
         history = self._as_tensor(observation_history)
         single = history.dim() == 2
         obs = self.normalizer.obs(history[None] if single else history)
-        chunk = self.normalizer.unnormalize_action(self.choose_chunk(obs).clamp(-1, 1))
+        chunk = self.choose_chunk(obs) if explore is None else self.explore_chunk(obs, explore)
+        chunk = self.normalizer.unnormalize_action(chunk.clamp(-1, 1))
         chunk = chunk[0] if single else chunk
         return chunk.cpu().numpy() if isinstance(observation_history, np.ndarray) else chunk
 
     def choose_chunk(self, obs: torch.Tensor) -> torch.Tensor:
         """(B, To, D) normalized observations -> (B, H, A) normalized chunks to execute."""
         raise NotImplementedError
+
+    def explore_chunk(self, obs: torch.Tensor, noise: float) -> torch.Tensor:
+        """The chunk to execute while collecting: a stochastic actor's own choice (the diffusion agents
+        sample their candidates); a deterministic one's (`deterministic_actor`) with N(0, noise²) added in
+        normalized units, TD3's exploration (Fujimoto et al. 2018: 0.1)."""
+        chunk = self.choose_chunk(obs)
+        return chunk + noise * torch.randn_like(chunk) if self.deterministic_actor else chunk
 
     # ------------------------------------------------------------------ checkpoint state
 

@@ -169,3 +169,7 @@ class ChunkSACAgent(ChunkAgent):
         """The chunk of means tanh(μ) (`act.select: mean`) or one reparameterised sample (`sample`)."""
         chunk, _, mean_chunk = self.actor(obs)
         return mean_chunk if self.cfg.act.select == "mean" else chunk
+
+    def explore_chunk(self, obs: torch.Tensor, noise: float) -> torch.Tensor:
+        """A sample of the policy, as SAC collects (the noise scale is for deterministic actors)."""
+        return self.actor(obs)[0]

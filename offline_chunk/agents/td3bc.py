@@ -55,6 +55,7 @@ class TD3BCConfig(AgentConfig):
 class TD3BCAgent(ChunkAgent):
     name = "td3bc"
     Config = TD3BCConfig  # one smoothed next chunk per state: the min or mean backup
+    deterministic_actor = True
 
     def __init__(self, dims: Dims, cfg: TD3BCConfig | dict, normalizer: Normalizer, total_steps: int):
         super().__init__(dims, cfg, normalizer, total_steps)

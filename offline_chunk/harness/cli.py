@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -101,6 +102,16 @@ def cmd_eval(args) -> None:
     print(format_summary(report))
 
 
+def cmd_finetune(args) -> None:
+    from offline_chunk.harness.finetune import FinetuneSettings, finetune
+
+    names = [f.name for f in fields(FinetuneSettings)]
+    settings = FinetuneSettings(
+        **{name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    )
+    finetune(args.checkpoint, settings, args.run, progress=not args.no_progress)
+
+
 def cmd_benchmark(args) -> None:
     from offline_chunk.harness.benchmark import run_benchmark
 
@@ -189,6 +200,26 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--out", help="output directory (default: the checkpoint's)")
     evaluation.add_argument("--no-progress", action="store_true", help="no progress bar")
     evaluation.set_defaults(handler=cmd_eval)
+
+    tune = commands.add_parser("finetune", help="continue a checkpoint's agent online in its simulator")
+    tune.add_argument("checkpoint")
+    tune.add_argument("--env-steps", type=int, help="environment steps to collect (default 50,000)")
+    tune.add_argument("--utd", type=int, help="updates per environment step (default 1, QC's)")
+    tune.add_argument("--envs", type=int, help="environments collecting at once (default 1)")
+    tune.add_argument("--warmup", type=int, help="steps collected before updates start (default 5,000)")
+    tune.add_argument(
+        "--online-fraction", type=float, help="share of online chunks per batch (default: all alike)"
+    )
+    tune.add_argument("--noise", type=float, help="td3bc's exploration noise (default 0.1)")
+    tune.add_argument("--eval-every", type=int, help="environment steps between evaluations (default 10,000)")
+    tune.add_argument("--eval-episodes", type=int, help="episodes per evaluation (default 50)")
+    tune.add_argument("--checkpoint-every", type=int, help="environment steps between checkpoints")
+    tune.add_argument("--log-every", type=int, help="updates between metric logs (default 1,000)")
+    tune.add_argument("--max-steps", type=int, help="episode time limit (default: the environment's)")
+    tune.add_argument("--seed", type=int, help="collection episode i resets with seed + i (default 0)")
+    tune.add_argument("--run", help="output directory (default: finetune-<time> beside the checkpoint's run)")
+    tune.add_argument("--no-progress", action="store_true", help="no progress bar")
+    tune.set_defaults(handler=cmd_finetune)
 
     bench = commands.add_parser("benchmark", help="train and evaluate on an OGBench task; table vs the paper")
     bench.add_argument("--task", default="scene-play-singletask-task1-v0")

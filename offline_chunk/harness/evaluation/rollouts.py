@@ -48,16 +48,22 @@ class Rollouts:
     def run(self, bar=None) -> list[Episode]:
         self.start_episodes(np.ones(self.envs.num_envs, bool))
         while (self.episode_of >= 0).any():
-            self.plan_chunks()
-            done = self.step()
-            for k in np.flatnonzero(done):
-                self.finished.append(self.finish(k))
+            for episode in self.advance():
+                self.finished.append(episode)
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(success=f"{sum(e.success for e in self.finished)}/{len(self.finished)}")
-            if done.any():
-                self.start_episodes(done)
         return sorted(self.finished, key=lambda e: e.episode)
+
+    def advance(self) -> list[Episode]:
+        """One step of every running environment (planning first where a queue is empty); the episodes
+        that ended, whose environments start their next ones."""
+        self.plan_chunks()
+        done = self.step()
+        ended = [self.finish(k) for k in np.flatnonzero(done)]
+        if done.any():
+            self.start_episodes(done)
+        return ended
 
     def start_episodes(self, free: np.ndarray) -> None:
         """Give the next episodes to the free environments and reset those (alone, seeded); the rest idle."""
@@ -93,8 +99,10 @@ class Rollouts:
                 for ex, run in zip(self.executors, running, strict=True)
             ]
         )
+        current = [ex.history[-1] if ex.history is not None else None for ex in self.executors]
         obs, self.env_reward, terminated, truncated, self.info = self.envs.step(actions)
         reward = self.env_reward if self.reward_fn is None else self.reward_fn(self.env_reward)
+        self.on_step(running, current, actions, reward, terminated)
         self.returns[running] += reward[running]
         self.lengths[running] += 1
         done = running & (terminated | truncated)
@@ -102,6 +110,10 @@ class Rollouts:
             self.executors[k].observe(obs[k])
         self.record_frames(running & ((self.lengths % RENDER_EVERY == 0) | done))
         return done
+
+    def on_step(self, running, observations, actions, reward, terminated) -> None:
+        """After each step: the running environments' observations before it, actions, rewards (in the
+        store's convention) and terminations (a hook for collectors)."""
 
     def finish(self, k: int) -> Episode:
         episode = int(self.episode_of[k])

@@ -1,0 +1,96 @@
+"""Collecting episodes online: the rollout engine of evaluation, recording each episode's rows as the
+store labels its rows, so that collected and offline transitions are indexed by one rule.
+
+Row t of a store holds s_t, the action a_t taken there, and the reward and terminal of s_t: OGBench's
+relabelling scores the simulator state recorded before each step (`info["prev_qpos"]`, ogbench
+relabel_utils.relabel_dataset). OGBench's manipulation environments are registered with
+`success_timing="pre"`: `step(a_t)` computes success, termination and reward from s_t, before the action
+(ogbench/manipspace/envs/manipspace_env.py, `step`), so the reward `step(a_t)` returns is row t's, with
+no shift. An episode that reaches the goal ends on its terminal row; one cut by the time limit keeps its
+rows up to the last action (the observation after it has no action and is not kept: the last row has no
+successor, as in a recorded truncated episode).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from offline_chunk.harness.evaluation.rollouts import Rollouts
+from offline_chunk.harness.evaluation.stats import Episode
+
+
+@dataclass
+class EpisodeRows:
+    """One collected episode's rows, in environment units and the store's reward convention."""
+
+    episode: Episode
+    obs: np.ndarray  # (T, D) s_t
+    action: np.ndarray  # (T, A) a_t
+    reward: np.ndarray  # (T,) the reward of s_t
+    terminal: np.ndarray  # (T,) bool: s_t reached the goal (only the last row can)
+    info: dict[str, np.ndarray] = field(default_factory=dict)  # (T, ...) per recorded info key
+
+
+def check_row_aligned(env) -> None:
+    """Refuse an environment whose `step(a_t)` does not score s_t (see the module docstring)."""
+    timing = getattr(env.unwrapped, "_success_timing", None)
+    if timing != "pre":
+        raise ValueError(
+            f"{env.spec.id if env.spec else env}: rewards are computed with success_timing={timing!r}; "
+            "collection labels row t with step(a_t)'s reward: that needs 'pre' (OGBench's manipulation tasks)"
+        )
+
+
+class Collector(Rollouts):
+    """Episodes without end over the environments of a vector env: `advance()` runs one step of each and
+    returns the episodes that ended, with their rows (`finish`). `info_keys` (e.g. prev_qpos) are recorded
+    per row."""
+
+    def __init__(self, envs, plan, seed, obs_horizon, execute, reward_fn=None, info_keys=(), first_episode=0):
+        super().__init__(envs, plan, sys.maxsize, seed, obs_horizon, execute, reward_fn)
+        self.info_keys = tuple(info_keys)
+        self.rows: list[dict[str, list]] = [self._empty() for _ in range(envs.num_envs)]
+        self.env_steps = 0
+        self.next_episode = first_episode  # episode i resets with seed + i, so a resumed run goes on alike
+        self.start_episodes(np.ones(envs.num_envs, bool))
+
+    def drain(self) -> None:
+        """Start no new episode: the running ones finish and their environments idle."""
+        self.episodes = self.next_episode
+
+    def idle(self) -> bool:
+        return bool((self.episode_of < 0).all())
+
+    def restart(self) -> None:
+        """After a drain: every environment starts its next episode."""
+        self.episodes = sys.maxsize
+        self.start_episodes(np.ones(self.envs.num_envs, bool))
+
+    def _empty(self) -> dict[str, list]:
+        return {key: [] for key in ("obs", "action", "reward", "terminal", *self.info_keys)}
+
+    def on_step(self, running, observations, actions, reward, terminated) -> None:
+        for k in np.flatnonzero(running):
+            rows = self.rows[k]
+            rows["obs"].append(observations[k])
+            rows["action"].append(actions[k])
+            rows["reward"].append(reward[k])
+            rows["terminal"].append(bool(terminated[k]))
+            for key in self.info_keys:
+                rows[key].append(self.info[key][k])
+        self.env_steps += int(running.sum())
+
+    def finish(self, k: int) -> EpisodeRows:
+        """Environment k's episode ended: its summary and its rows (its next episode starts empty)."""
+        rows, self.rows[k] = self.rows[k], self._empty()
+        return EpisodeRows(
+            super().finish(k),
+            np.asarray(rows["obs"], np.float32),
+            np.asarray(rows["action"], np.float32),
+            np.asarray(rows["reward"], np.float32),
+            np.asarray(rows["terminal"], bool),
+            {key: np.asarray(rows[key]) for key in self.info_keys},
+        )

@@ -1,0 +1,273 @@
+"""Offline-to-online fine-tuning, Q-chunking's headline protocol (Li, Zhou & Levine 2025; official main.py,
+its online loop): a checkpoint's agent keeps learning in the simulator its store names, from a replay
+that holds the offline store and the episodes it collects.
+
+Schedule (one iteration = one step of every environment):
+- collection: the environments run in worker processes (evaluation's vector env, autoreset disabled);
+  each executes its chunks open loop, as QC's action queue does, and all environments that need a chunk
+  are planned in one call. The diffusion agents act by their candidates as offline (best of N), chunk_sac
+  samples its policy, td3bc adds N(0, noise²) to its chunk (`ChunkAgent.explore_chunk`);
+- replay: an episode's rows, labelled as the offline store's (collect.py), join the replay when it ends,
+  indexed by the chunk contract (data/replay.py); batches sample all data alike (QC) or a fixed share
+  of online chunks (`online_fraction`, RLPD);
+- updates: after `warmup` environment steps (QC's start_training, 5000), `utd` updates per environment
+  step, in the main process between environment steps: the workers wait while the learner updates;
+- evaluation: every `eval_every` environment steps, `eval_episodes` episodes of their own seeds (apart from
+  the collection's), acting as `make eval` does; TensorBoard logs collection and evaluation returns and
+  successes beside the losses.
+
+Deliberate differences from QC's loop: episodes enter the replay when they end (QC adds each transition
+at once; a chunk's transition needs the rows after it); several environments can collect at once.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from offline_chunk.agents.targets import batch_fields
+from offline_chunk.atomic import write_atomic
+from offline_chunk.checkpoint import agent_from_payload, pick_device, read_checkpoint, save_checkpoint
+from offline_chunk.data.replay import ChunkReplay
+from offline_chunk.data.store import open_store
+from offline_chunk.errors import CheckpointError, ConfigError
+from offline_chunk.harness.collect import Collector, EpisodeRows, check_row_aligned
+from offline_chunk.harness.envs.ogbench_env import env_id_from_store, make_env, time_limit
+from offline_chunk.harness.evaluation import evaluate
+from offline_chunk.harness.evaluation.rollouts import vector_env
+from offline_chunk.harness.evaluation.settings import REWARD_TRANSFORMS, reward_convention
+from offline_chunk.train import MetricLog
+
+EVAL_SEED_OFFSET = 1_000_000  # evaluation episodes reset with seeds no collection episode uses
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    env_steps: int = 50_000
+    """environment steps to collect (all environments together)"""
+    utd: int = 1
+    """updates per environment step (QC's utd_ratio)"""
+    envs: int = 1
+    """environments collecting at once (QC: 1)"""
+    warmup: int = 5_000
+    """environment steps collected before online updates start (QC's start_training)"""
+    online_fraction: float | None = None
+    """None: batches sample offline and online chunks alike (QC); a share of online chunks (RLPD: 0.5)"""
+    noise: float = 0.1
+    """exploration noise of a deterministic actor (td3bc), normalized units"""
+    eval_every: int = 10_000
+    eval_episodes: int = 50
+    checkpoint_every: int = 10_000
+    log_every: int = 1_000
+    """updates between metric reads"""
+    max_steps: int | None = None
+    """episode time limit (None: the environment's own)"""
+    seed: int = 0
+
+    def check(self) -> None:
+        for name in ("env_steps", "utd", "envs", "eval_episodes", "checkpoint_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)}: must be at least 1")
+        if self.warmup < 0 or self.eval_every < 0:
+            raise ConfigError("warmup and eval_every must be at least 0")
+        if self.online_fraction is not None and not 0.0 <= self.online_fraction <= 1.0:
+            raise ConfigError(f"online_fraction={self.online_fraction}: must be in [0, 1]")
+
+
+class OnlineRun:
+    """The agent, its replay and sampler, the collection environments' settings and the run's outputs."""
+
+    def __init__(self, checkpoint: Path, settings: FinetuneSettings, run_dir: Path | None):
+        payload = read_checkpoint(checkpoint)
+        self.cfg, self.store_attrs, self.settings = payload["config"], payload.get("store") or {}, settings
+        store_path = self.store_attrs.get("path", self.cfg.dataset)
+        if not Path(store_path).exists():
+            raise CheckpointError(
+                f"{checkpoint}: fine-tuning needs its offline store {store_path}, not found"
+            )
+        self.env_id = env_id_from_store(store_path, self.store_attrs)
+        self.device = pick_device(self.cfg.device)
+        self.agent = agent_from_payload(payload, self.device)
+        self.agent.configure_execution(self.cfg.compile, self.cfg.precision)
+        data = open_store(store_path)
+        self.replay = ChunkReplay(
+            data,
+            self.cfg.horizon,
+            self.cfg.obs_horizon,
+            self.cfg.gamma,
+            self.cfg.drop_partial,
+            capacity=data.num_rows + settings.env_steps + settings.envs,
+            device=self.device,
+        )
+        self.sampler = self.replay.sampler(
+            self.cfg.batch_size, settings.seed, settings.online_fraction, **batch_fields(self.cfg.agent)
+        )
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        self.run_dir = Path(run_dir or checkpoint.parent.parent / f"finetune-{stamp}")
+        self.episodes: list[EpisodeRows] = []
+        self.offline_updates = self.agent.num_updates
+
+    def checkpoint(self, name: str, env_steps: int) -> Path:
+        """The agent (as `make train` writes it: `make eval` and `finetune` read it) and the collected
+        episodes beside it (online_episodes.npz), both written atomically."""
+        path = save_checkpoint(
+            self.run_dir / "checkpoints" / name,
+            self.agent,
+            self.cfg,
+            self.agent.num_updates,
+            self.sampler.generator,
+            self.store_attrs,
+        )
+        self.save_episodes(env_steps)
+        return path
+
+    def save_episodes(self, env_steps: int) -> None:
+        """The collected episodes' rows, concatenated, with their ends and reset seeds."""
+        dims, rows = self.agent.dims, self.episodes
+
+        def joined(key: str, empty_shape: tuple) -> np.ndarray:
+            return np.concatenate([getattr(e, key) for e in rows]) if rows else np.zeros(empty_shape)
+
+        arrays = {
+            "obs": joined("obs", (0, dims.obs_dim)),
+            "action": joined("action", (0, dims.action_dim)),
+            "reward": joined("reward", (0,)),
+            "terminal": joined("terminal", (0,)).astype(bool),
+            "episode_ends": np.cumsum([len(e.reward) for e in rows], dtype=np.int64),
+            "episode_seed": np.array([e.episode.seed for e in rows], np.int64),
+            "env_steps": np.array(env_steps),
+        }
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+
+        write_atomic(self.run_dir / "online_episodes.npz", write)
+
+
+def finetune(
+    checkpoint, settings: FinetuneSettings = FinetuneSettings(), run_dir=None, progress=True
+) -> Path:
+    """Continue `checkpoint`'s agent online for `settings.env_steps` environment steps; returns the final
+    checkpoint (<run>/checkpoints/final.pt)."""
+    settings.check()
+    run = OnlineRun(Path(checkpoint), settings, run_dir)
+    probe = make_env(run.env_id)
+    check_row_aligned(probe)
+    probe.close()
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    (run.run_dir / "finetune.json").write_text(
+        json.dumps({"checkpoint": str(checkpoint), **asdict(settings)}, indent=2) + "\n"
+    )
+    torch.manual_seed(settings.seed)
+    writer = SummaryWriter(run.run_dir / "tb")
+    env_fn = partial(make_env, run.env_id, time_limit(run.env_id, settings.max_steps))
+    reward_fn = REWARD_TRANSFORMS.get(reward_convention(run.store_attrs))
+    plan = partial(_plan, run.agent, settings.noise)
+    try:
+        with vector_env(env_fn, settings.envs) as envs:
+            collector = Collector(envs, plan, settings.seed, run.cfg.obs_horizon, run.cfg.horizon, reward_fn)
+            final = _loop(run, collector, writer, progress)
+    finally:
+        writer.close()
+    return final
+
+
+def _plan(agent, noise: float, histories: np.ndarray) -> np.ndarray:
+    device = next(agent.parameters()).device
+    return agent.act(torch.as_tensor(histories, device=device), explore=noise).cpu().numpy()
+
+
+def _loop(run: OnlineRun, collector: Collector, writer: SummaryWriter, progress: bool) -> Path:
+    settings, log = run.settings, MetricLog()
+    bar = tqdm(total=settings.env_steps, desc=f"finetune {run.agent.name}", unit="step", disable=not progress)
+    clock, updates_done = {"collect": 0.0, "update": 0.0}, 0
+    next_eval, next_checkpoint = settings.eval_every, settings.checkpoint_every
+    while collector.env_steps < settings.env_steps:
+        start, before = time.perf_counter(), collector.env_steps
+        for rows in collector.advance():
+            run.replay.append_episode(rows.obs, rows.action, rows.reward, rows.terminal)
+            run.episodes.append(rows)
+            writer.add_scalar("collect/return", rows.episode.episode_return, collector.env_steps)
+            writer.add_scalar("collect/success", float(rows.episode.success), collector.env_steps)
+        stepped = collector.env_steps - before
+        clock["collect"] += time.perf_counter() - start
+        bar.update(stepped)
+        if collector.env_steps >= settings.warmup:
+            start = time.perf_counter()
+            for _ in range(settings.utd * stepped):
+                log.add(run.agent.update(run.sampler.sample()))
+                updates_done += 1
+                if updates_done % settings.log_every == 0:
+                    _log_metrics(run, writer, log, collector.env_steps, clock, updates_done)
+            clock["update"] += time.perf_counter() - start
+        if collector.env_steps >= next_checkpoint:
+            run.checkpoint(f"step_{collector.env_steps:08d}.pt", collector.env_steps)
+            next_checkpoint += settings.checkpoint_every
+        if settings.eval_every and collector.env_steps >= next_eval:
+            _evaluate(run, writer, run.checkpoint("latest.pt", collector.env_steps), collector.env_steps)
+            next_eval += settings.eval_every
+    bar.close()
+    final = run.checkpoint("final.pt", collector.env_steps)
+    _write_speed(run, collector.env_steps, updates_done, clock)
+    return final
+
+
+def _log_metrics(run: OnlineRun, writer, log: MetricLog, env_steps: int, clock: dict, updates: int) -> None:
+    for key, value in log.read().items():
+        writer.add_scalar(key, value, env_steps)
+    writer.add_scalar("perf/env_steps_per_s", env_steps / max(clock["collect"], 1e-9), env_steps)
+    writer.add_scalar("perf/updates_per_s", updates / max(clock["update"], 1e-9), env_steps)
+    writer.add_scalar("replay/online_chunks", run.replay.online_chunks, env_steps)
+
+
+def _evaluate(run: OnlineRun, writer, checkpoint: Path, env_steps: int) -> None:
+    s = run.settings
+    report = evaluate(
+        checkpoint,
+        episodes=s.eval_episodes,
+        workers=s.envs,
+        max_steps=s.max_steps,
+        seed=s.seed + EVAL_SEED_OFFSET,
+        out=run.run_dir / "evaluations",
+        progress=False,
+    )
+    writer.add_scalar("eval/success_rate", report["success_rate"], env_steps)
+    writer.add_scalar("eval/return_mean", report["return_mean"], env_steps)
+    path, (low, high) = run.run_dir / "evaluations.csv", report["success_ci95"]
+    new_file = not path.exists()
+    with open(path, "a") as f:
+        if new_file:
+            f.write("env_steps,updates,success_rate,success_ci95_low,success_ci95_high,return_mean\n")
+        f.write(
+            f"{env_steps},{run.agent.num_updates},{report['success_rate']},{low},{high},{report['return_mean']}\n"
+        )
+
+
+def _write_speed(run: OnlineRun, env_steps: int, updates: int, clock: dict) -> None:
+    """The loop's throughput: environment steps per second of collection, updates per second of updating."""
+    speed = {
+        "env_steps": env_steps,
+        "online_updates": updates,
+        "collect_s": clock["collect"],
+        "update_s": clock["update"],
+        "env_steps_per_s": env_steps / max(clock["collect"], 1e-9),
+        "updates_per_s": updates / max(clock["update"], 1e-9),
+        "episodes": len(run.episodes),
+        "successes": sum(e.episode.success for e in run.episodes),
+    }
+    (run.run_dir / "speed.json").write_text(json.dumps(speed, indent=2) + "\n")
+    print(
+        f"finetuned    {run.agent.name}: {env_steps:,} environment steps, {updates:,} updates, "
+        f"{speed['episodes']} episodes ({speed['successes']} reached the goal)\n"
+        f"speed        {speed['env_steps_per_s']:.1f} env steps/s collecting, {speed['updates_per_s']:.1f} "
+        f"updates/s updating\noutputs      {run.run_dir}"
+    )

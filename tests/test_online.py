@@ -1,0 +1,171 @@
+"""Online collection: episodes recorded as the store labels its rows, checked on a fake environment and
+against OGBench's own relabelling of the same simulator states."""
+
+import numpy as np
+import pytest
+from helpers import CountingEnv
+
+from offline_chunk.data.replay import ChunkReplay
+from offline_chunk.data.store import StepData
+from offline_chunk.harness.collect import Collector
+from offline_chunk.harness.evaluation.rollouts import vector_env
+
+
+def chunk_planner(horizon):
+    def plan(histories):
+        """Chunks whose action i is (s, t + i): what CountingEnv expects at each step."""
+        latest = histories[:, -1]
+        return latest[:, None, :] + np.stack([np.zeros(horizon), np.arange(horizon)], axis=1)
+
+    return plan
+
+
+@pytest.mark.parametrize("execute", [3, 1])
+def test_collected_rows_are_the_states_actions_and_rewards_of_each_step(execute):
+    """Row t: the observation (s, t) before the step, the action taken there, step(a_t)'s reward (t + 1 in
+    CountingEnv) and its termination: the goal on an even-seeded episode's last row, else none."""
+    with vector_env(CountingEnv, num_envs=2) as envs:
+        collector = Collector(envs, chunk_planner(3), seed=10, obs_horizon=1, execute=execute)
+        collected = []
+        while len(collected) < 6:
+            collected += collector.advance()
+    assert sorted(e.episode.seed for e in collected)[:4] == [10, 11, 12, 13]
+    for rows in collected:
+        seed, length = rows.episode.seed, 3 + rows.episode.seed % 5
+        t = np.arange(length)
+        np.testing.assert_array_equal(rows.obs, np.stack([np.full(length, seed), t], axis=1))
+        np.testing.assert_array_equal(rows.action, rows.obs)  # CountingEnv fails a step on any other
+        np.testing.assert_array_equal(rows.reward, t + 1)
+        np.testing.assert_array_equal(rows.terminal, (t == length - 1) & (seed % 2 == 0))
+        assert rows.episode.length == length and rows.episode.success == (seed % 2 == 0)
+    assert collector.env_steps >= sum(len(rows.obs) for rows in collected)
+
+
+def test_collected_episodes_extend_the_replay():
+    data = StepData(
+        observations={"obs": np.zeros((6, 2), np.float32)},
+        action=np.zeros((6, 2), np.float32),
+        reward=np.zeros(6, np.float32),
+        terminal=np.zeros(6, bool),
+        episode_ends=np.array([6]),
+    )
+    replay = ChunkReplay(data, horizon=2, obs_horizon=1, gamma=0.9)
+    with vector_env(CountingEnv, num_envs=1) as envs:
+        collector = Collector(envs, chunk_planner(2), seed=0, obs_horizon=1, execute=2)
+        (rows,) = [r for _ in range(3) for r in collector.advance()]  # seed 0: 3 steps, the goal at the last
+    replay.append_episode(rows.obs, rows.action, rows.reward, rows.terminal)
+    # offline: starts 0..3 (full chunks of the 6-row truncated episode); online: starts 0, 1 (full), 2 (goal)
+    assert (replay.offline_chunks, replay.online_chunks) == (4, 3)
+    assert replay.tensors.cumulative_reward[4:7].tolist() == pytest.approx([1 + 0.9 * 2, 2 + 0.9 * 3, 3])
+
+
+def test_ogbench_rewards_of_collected_rows_equal_its_relabelling_of_the_same_states():
+    """Random actions in scene task 1 (seed 0 changes the reward within 300 steps): the reward and terminal
+    of each collected row equal OGBench's relabelling of that row's simulator state (info prev_qpos, the
+    state before the step), the rule the offline stores are labelled by."""
+    pytest.importorskip("ogbench")
+    from functools import partial
+
+    from offline_chunk.data.sources.ogbench_npz import raw_to_step_data
+    from offline_chunk.harness.collect import check_row_aligned
+    from offline_chunk.harness.envs.ogbench_env import make_env
+
+    env_id, dataset = "scene-singletask-task1-v0", "scene-play-singletask-task1-v0"
+    env = make_env(env_id)
+    check_row_aligned(env)
+    env.close()
+    rng = np.random.default_rng(0)
+    keys = ("prev_qpos", "prev_qvel", "prev_button_states")
+    with vector_env(partial(make_env, env_id, 300), num_envs=1) as envs:
+        collector = Collector(
+            envs,
+            lambda h: rng.uniform(-1, 1, (len(h), 5, 5)),
+            seed=0,
+            obs_horizon=1,
+            execute=5,
+            info_keys=keys,
+        )
+        (rows,) = [r for _ in range(300) for r in collector.advance()]
+    assert len(set(rows.reward.tolist())) > 1  # the state changed: a shift of one row would show
+    raw = {
+        "observations": rows.obs,
+        "actions": rows.action,
+        "terminals": np.arange(len(rows.obs)) == len(rows.obs) - 1,  # OGBench's files: episode ends
+        "qpos": rows.info["prev_qpos"],
+        "qvel": rows.info["prev_qvel"],
+        "button_states": rows.info["prev_button_states"],
+    }
+    relabelled = raw_to_step_data(raw, "collected", dataset, "ogbench", {})
+    np.testing.assert_array_equal(rows.reward, relabelled.reward)
+    np.testing.assert_array_equal(rows.terminal[:-1], relabelled.terminal[:-1])
+
+
+@pytest.fixture(scope="module")
+def offline_checkpoint(tmp_path_factory):
+    """A 20-update CPQL checkpoint on a one-episode, 20-step scene store (seconds to make)."""
+    pytest.importorskip("ogbench")
+    from helpers import TINY_NETS
+
+    from offline_chunk.config import load_config
+    from offline_chunk.data.sources import convert
+    from offline_chunk.train import train
+
+    tmp = tmp_path_factory.mktemp("online")
+    store = convert(
+        "ogbench:scene-play-singletask-task2-v0?episodes=1&steps=20&workers=1",
+        out=tmp / "s.zarr",
+        progress=False,
+    )
+    overrides = [
+        f"dataset={store}",
+        f"run_dir={tmp / 'run'}",
+        "steps=20",
+        "batch_size=8",
+        "agent.act.candidates=2",
+    ]
+    return train(load_config("cpql", "default", overrides + TINY_NETS))
+
+
+def test_make_finetune_collects_updates_evaluates_and_checkpoints(offline_checkpoint, tmp_path):
+    """40 environment steps in episodes of 15: two episodes join the replay; one update (utd 1) after each
+    environment step i >= warmup = 10 (QC's `if i >= start_training`), i.e. 31; one evaluation of 2
+    episodes; the final checkpoint continues the offline update count."""
+    from offline_chunk.checkpoint import read_checkpoint
+    from offline_chunk.harness.cli import main
+
+    run = tmp_path / "tune"
+    args = [
+        "--env-steps",
+        "40",
+        "--warmup",
+        "10",
+        "--max-steps",
+        "15",
+        "--eval-every",
+        "40",
+        "--eval-episodes",
+        "2",
+    ]
+    assert (
+        main(
+            [
+                "finetune",
+                str(offline_checkpoint),
+                *args,
+                "--log-every",
+                "10",
+                "--run",
+                str(run),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    final = read_checkpoint(run / "checkpoints" / "final.pt")
+    assert final["step"] == 20 + 31  # the offline updates, then steps 10..40
+    episodes = np.load(run / "online_episodes.npz")
+    assert episodes["episode_ends"].tolist() == [15, 30] and episodes["env_steps"] == 40
+    assert episodes["episode_seed"].tolist() == [0, 1]
+    evaluations = (run / "evaluations.csv").read_text().splitlines()
+    assert evaluations[0].startswith("env_steps,updates,success_rate") and evaluations[1].startswith("40,51,")
+    assert (run / "tb").is_dir() and (run / "speed.json").exists()
