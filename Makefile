@@ -84,9 +84,10 @@ eval: $(STAMP)
 
 # Continue a checkpoint's agent online in its store's simulator (ARGS: --warmup N, --online-fraction F, ...).
 finetune: $(STAMP)
-	@test -n "$(CKPT)" || { echo "make finetune needs CKPT=<checkpoint>, e.g. CKPT=runs/<run>/checkpoints/final.pt" >&2; exit 2; }
-	$(PY) -m offline_chunk finetune "$(CKPT)" $(if $(STEPS),--env-steps $(STEPS)) $(if $(UTD),--utd $(UTD)) \
-		$(if $(ENVS),--envs $(ENVS)) $(if $(RUN),--run "$(RUN)") $(ARGS)
+	@test -n "$(CKPT)$(RESUME)" || { echo "make finetune needs CKPT=<checkpoint> (or RESUME=<its checkpoint>)" >&2; exit 2; }
+	$(PY) -m offline_chunk finetune "$(or $(RESUME),$(CKPT))" $(if $(RESUME),--resume) \
+		$(if $(STEPS),--env-steps $(STEPS)) $(if $(UTD),--utd $(UTD)) $(if $(ENVS),--envs $(ENVS)) \
+		$(if $(RUN),--run "$(RUN)") $(ARGS)
 
 $(DEFAULT_STORE): | $(STAMP)
 	$(PY) -m offline_chunk dataset ogbench:scene-play-singletask-task2-v0 --out $@

@@ -75,8 +75,10 @@ def save_checkpoint(
     sampler_generator: torch.Generator | None = None,
     store: dict | None = None,
     train_seconds: float = 0.0,
+    extra: dict | None = None,
 ) -> Path:
-    """Write to a temporary name in the same directory, then rename: a crash never leaves half a file."""
+    """Write to a temporary name in the same directory, then rename: a crash never leaves half a file.
+    `extra`: more top-level entries of plain values (a fine-tuning run's `online` record)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -91,6 +93,7 @@ def save_checkpoint(
         "rng": rng_state(sampler_generator),
         "store": store or {},
         "train_seconds": float(train_seconds),  # wall time spent updating so far, over resumed parts
+        **(extra or {}),
     }
     return write_atomic(path, lambda tmp: torch.save(payload, tmp))
 

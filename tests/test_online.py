@@ -3,10 +3,12 @@ against OGBench's own relabelling of the same simulator states."""
 
 import numpy as np
 import pytest
+import torch
 from helpers import CountingEnv
 
 from offline_chunk.data.replay import ChunkReplay
 from offline_chunk.data.store import StepData
+from offline_chunk.errors import CheckpointError
 from offline_chunk.harness.collect import Collector
 from offline_chunk.harness.evaluation.rollouts import vector_env
 
@@ -127,9 +129,10 @@ def offline_checkpoint(tmp_path_factory):
 
 
 def test_make_finetune_collects_updates_evaluates_and_checkpoints(offline_checkpoint, tmp_path):
-    """40 environment steps in episodes of 15: two episodes join the replay; one update (utd 1) after each
-    environment step i >= warmup = 10 (QC's `if i >= start_training`), i.e. 31; one evaluation of 2
-    episodes; the final checkpoint continues the offline update count."""
+    """40 environment steps in episodes of 15: the run ends between episodes, so the third one runs to step
+    45 and all three join the replay; one update (utd 1) after each environment step i >= warmup = 10 (QC's
+    `if i >= start_training`), 36 in all, 31 of them by the evaluation at step 40; the final checkpoint
+    continues the offline update count."""
     from offline_chunk.checkpoint import read_checkpoint
     from offline_chunk.harness.cli import main
 
@@ -162,10 +165,40 @@ def test_make_finetune_collects_updates_evaluates_and_checkpoints(offline_checkp
         == 0
     )
     final = read_checkpoint(run / "checkpoints" / "final.pt")
-    assert final["step"] == 20 + 31  # the offline updates, then steps 10..40
+    assert final["step"] == 20 + 36  # the offline updates, then steps 10..45
     episodes = np.load(run / "online_episodes.npz")
-    assert episodes["episode_ends"].tolist() == [15, 30] and episodes["env_steps"] == 40
-    assert episodes["episode_seed"].tolist() == [0, 1]
+    assert episodes["episode_ends"].tolist() == [15, 30, 45] and episodes["env_steps"] == 45
+    assert episodes["episode_seed"].tolist() == [0, 1, 2] and final["online"]["episodes"] == 3
     evaluations = (run / "evaluations.csv").read_text().splitlines()
     assert evaluations[0].startswith("env_steps,updates,success_rate") and evaluations[1].startswith("40,51,")
     assert (run / "tb").is_dir() and (run / "speed.json").exists()
+
+
+def test_a_resumed_fine_tuning_run_is_bit_identical_to_the_uninterrupted_one(offline_checkpoint, tmp_path):
+    """45 environment steps in episodes of 15 with a checkpoint due every 20: the first is taken when the
+    second episode ends (step 30). Resumed there, the run collects the same third episode and makes the same
+    updates: the final weights are equal bit for bit."""
+    from offline_chunk.checkpoint import read_checkpoint
+    from offline_chunk.harness.finetune import FinetuneSettings, finetune
+
+    settings = FinetuneSettings(
+        env_steps=40, warmup=10, max_steps=15, eval_every=0, checkpoint_every=20, log_every=10, seed=3
+    )
+    straight = finetune(offline_checkpoint, settings, tmp_path / "a", progress=False)
+    middle = tmp_path / "a" / "checkpoints" / "step_00000030.pt"
+    assert read_checkpoint(middle)["online"]["episodes"] == 2
+    fork = tmp_path / "b"
+    fork.mkdir()
+    for name in ("online_episodes.npz",):  # a resumed run reads the episodes file of its own directory
+        (fork / name).write_bytes((tmp_path / "a" / name).read_bytes())
+    resumed = finetune(middle, run_dir=fork, progress=False, resume=True)
+    a, b = read_checkpoint(straight), read_checkpoint(resumed)
+    assert a["online"]["env_steps"] == b["online"]["env_steps"] == 45
+    assert a["weights"].keys() == b["weights"].keys()
+    for key in a["weights"]:
+        assert torch.equal(a["weights"][key], b["weights"][key]), key
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "a" / "online_episodes.npz")["obs"], np.load(fork / "online_episodes.npz")["obs"]
+    )
+    with pytest.raises(CheckpointError, match="continue it with --resume"):
+        finetune(middle, settings, tmp_path / "c", progress=False)

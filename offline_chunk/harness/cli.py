@@ -105,11 +105,15 @@ def cmd_eval(args) -> None:
 def cmd_finetune(args) -> None:
     from offline_chunk.harness.finetune import FinetuneSettings, finetune
 
-    names = [f.name for f in fields(FinetuneSettings)]
-    settings = FinetuneSettings(
-        **{name: getattr(args, name) for name in names if getattr(args, name) is not None}
-    )
-    finetune(args.checkpoint, settings, args.run, progress=not args.no_progress)
+    given = {
+        f.name: getattr(args, f.name) for f in fields(FinetuneSettings) if getattr(args, f.name) is not None
+    }
+    if args.resume and set(given) - {"env_steps"}:
+        raise ConfigError(
+            f"--resume goes on with the run's settings; only --env-steps may change, got {sorted(given)}"
+        )
+    settings = FinetuneSettings(**given) if given or not args.resume else None
+    finetune(args.checkpoint, settings, args.run, progress=not args.no_progress, resume=args.resume)
 
 
 def cmd_benchmark(args) -> None:
@@ -218,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--max-steps", type=int, help="episode time limit (default: the environment's)")
     tune.add_argument("--seed", type=int, help="collection episode i resets with seed + i (default 0)")
     tune.add_argument("--run", help="output directory (default: finetune-<time> beside the checkpoint's run)")
+    tune.add_argument("--resume", action="store_true", help="continue a fine-tuning run from its checkpoint")
     tune.add_argument("--no-progress", action="store_true", help="no progress bar")
     tune.set_defaults(handler=cmd_finetune)
 

@@ -14,7 +14,11 @@ Schedule (one iteration = one step of every environment):
   step, in the main process between environment steps: the workers wait while the learner updates;
 - evaluation: every `eval_every` environment steps, `eval_episodes` episodes of their own seeds (apart from
   the collection's), acting as `make eval` does; TensorBoard logs collection and evaluation returns and
-  successes beside the losses.
+  successes beside the losses;
+- checkpoints: once `checkpoint_every` steps are due, no new episode starts; when the running ones have
+  ended, the agent (with its optimizers and RNG states) is saved with the count of collected episodes,
+  whose rows are in <run>/online_episodes.npz. Episode i resets with seed + i, so a run resumed there
+  (`finetune --resume`) replays nothing and goes on exactly as the uninterrupted one (tested on CPU).
 
 Deliberate differences from QC's loop: episodes enter the replay when they end (QC adds each transition
 at once; a chunk's transition needs the rows after it); several environments can collect at once.
@@ -35,7 +39,13 @@ from tqdm import tqdm
 
 from offline_chunk.agents.targets import batch_fields
 from offline_chunk.atomic import write_atomic
-from offline_chunk.checkpoint import agent_from_payload, pick_device, read_checkpoint, save_checkpoint
+from offline_chunk.checkpoint import (
+    agent_from_payload,
+    pick_device,
+    read_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
 from offline_chunk.data.replay import ChunkReplay
 from offline_chunk.data.store import open_store
 from offline_chunk.errors import CheckpointError, ConfigError
@@ -44,6 +54,7 @@ from offline_chunk.harness.envs.ogbench_env import env_id_from_store, make_env, 
 from offline_chunk.harness.evaluation import evaluate
 from offline_chunk.harness.evaluation.rollouts import vector_env
 from offline_chunk.harness.evaluation.settings import REWARD_TRANSFORMS, reward_convention
+from offline_chunk.harness.evaluation.stats import Episode
 from offline_chunk.train import MetricLog
 
 EVAL_SEED_OFFSET = 1_000_000  # evaluation episodes reset with seeds no collection episode uses
@@ -83,10 +94,10 @@ class FinetuneSettings:
 
 
 class OnlineRun:
-    """The agent, its replay and sampler, the collection environments' settings and the run's outputs."""
+    """The agent, its replay and sampler, the collection environments' settings and the run's outputs; from
+    an offline checkpoint, or from a fine-tuning checkpoint to resume (its `online` record)."""
 
-    def __init__(self, checkpoint: Path, settings: FinetuneSettings, run_dir: Path | None):
-        payload = read_checkpoint(checkpoint)
+    def __init__(self, checkpoint: Path, settings: FinetuneSettings, run_dir: Path | None, payload: dict):
         self.cfg, self.store_attrs, self.settings = payload["config"], payload.get("store") or {}, settings
         store_path = self.store_attrs.get("path", self.cfg.dataset)
         if not Path(store_path).exists():
@@ -104,30 +115,55 @@ class OnlineRun:
             self.cfg.obs_horizon,
             self.cfg.gamma,
             self.cfg.drop_partial,
-            capacity=data.num_rows + settings.env_steps + settings.envs,
+            capacity=data.num_rows + settings.env_steps + settings.envs * 1000,
             device=self.device,
         )
         self.sampler = self.replay.sampler(
             self.cfg.batch_size, settings.seed, settings.online_fraction, **batch_fields(self.cfg.agent)
         )
+        online = payload.get("online")
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        self.run_dir = Path(run_dir or checkpoint.parent.parent / f"finetune-{stamp}")
+        self.run_dir = Path(
+            run_dir
+            or (checkpoint.parent.parent if online else checkpoint.parent.parent / f"finetune-{stamp}")
+        )
+        self.source = online["source"] if online else str(checkpoint)
         self.episodes: list[EpisodeRows] = []
-        self.offline_updates = self.agent.num_updates
+        self.env_steps = 0
+        if online:  # resume: the episodes collected up to the checkpoint, in order, and its RNG states
+            for rows in load_episodes(self.run_dir / EPISODES_FILE, online["episodes"]):
+                self.add(rows)
+            self.env_steps = online["env_steps"]
+            restore_rng_state(payload["rng"], self.sampler.generator)
+        else:
+            torch.manual_seed(settings.seed)
 
-    def checkpoint(self, name: str, env_steps: int) -> Path:
-        """The agent (as `make train` writes it: `make eval` and `finetune` read it) and the collected
-        episodes beside it (online_episodes.npz), both written atomically."""
-        path = save_checkpoint(
+    def add(self, rows: EpisodeRows) -> None:
+        self.replay.append_episode(rows.obs, rows.action, rows.reward, rows.terminal)
+        self.episodes.append(rows)
+
+    def checkpoint(self, name: str, env_steps: int, resumable: bool = True) -> Path:
+        """The agent (as `make train` writes it: `make eval` reads it) and, for a checkpoint taken between
+        episodes (`resumable`), the record `finetune --resume` reads and the collected episodes beside it
+        (online_episodes.npz), each written atomically."""
+        online = None
+        if resumable:
+            online = {
+                "source": self.source,
+                "settings": asdict(self.settings),
+                "env_steps": env_steps,
+                "episodes": len(self.episodes),
+            }
+            self.save_episodes(env_steps)
+        return save_checkpoint(
             self.run_dir / "checkpoints" / name,
             self.agent,
             self.cfg,
             self.agent.num_updates,
             self.sampler.generator,
             self.store_attrs,
+            extra={"online": online} if online else None,
         )
-        self.save_episodes(env_steps)
-        return path
 
     def save_episodes(self, env_steps: int) -> None:
         """The collected episodes' rows, concatenated, with their ends and reset seeds."""
@@ -142,39 +178,80 @@ class OnlineRun:
             "reward": joined("reward", (0,)),
             "terminal": joined("terminal", (0,)).astype(bool),
             "episode_ends": np.cumsum([len(e.reward) for e in rows], dtype=np.int64),
-            "episode_seed": np.array([e.episode.seed for e in rows], np.int64),
             "env_steps": np.array(env_steps),
+            **{f"episode_{key}": np.array([getattr(e.episode, key) for e in rows]) for key in EPISODE_FIELDS},
         }
 
         def write(tmp: Path) -> None:
             with open(tmp, "wb") as f:
                 np.savez(f, **arrays)
 
-        write_atomic(self.run_dir / "online_episodes.npz", write)
+        write_atomic(self.run_dir / EPISODES_FILE, write)
+
+
+EPISODES_FILE = "online_episodes.npz"
+EPISODE_FIELDS = ("episode", "seed", "success", "episode_return", "length", "final_reward")  # Episode's
+
+
+def load_episodes(path: Path, count: int) -> list[EpisodeRows]:
+    """The first `count` episodes of an online_episodes.npz (a later checkpoint may have written more)."""
+    with np.load(path) as saved:
+        arrays = {key: saved[key] for key in saved.files}
+    ends = arrays["episode_ends"][:count]
+    if len(ends) < count:
+        raise CheckpointError(f"{path}: holds {len(ends)} episodes, the checkpoint counts {count}")
+    begins = np.concatenate([[0], ends[:-1]]).astype(np.int64)
+    return [
+        EpisodeRows(
+            Episode(*(arrays[f"episode_{key}"][i].item() for key in EPISODE_FIELDS)),
+            *(arrays[key][b:e] for key in ("obs", "action", "reward", "terminal")),
+        )
+        for i, (b, e) in enumerate(zip(begins, ends, strict=True))
+    ]
 
 
 def finetune(
-    checkpoint, settings: FinetuneSettings = FinetuneSettings(), run_dir=None, progress=True
+    checkpoint, settings: FinetuneSettings | None = None, run_dir=None, progress=True, resume: bool = False
 ) -> Path:
-    """Continue `checkpoint`'s agent online for `settings.env_steps` environment steps; returns the final
-    checkpoint (<run>/checkpoints/final.pt)."""
+    """Continue `checkpoint`'s agent online for `settings.env_steps` environment steps, or (`resume`) a
+    fine-tuning run from one of its checkpoints, with its settings (`settings.env_steps` may extend it).
+    Returns the final checkpoint (<run>/checkpoints/final.pt)."""
+    checkpoint = Path(checkpoint)
+    payload = read_checkpoint(checkpoint)
+    online = payload.get("online")
+    if resume and not online:
+        raise CheckpointError(f"{checkpoint}: not a fine-tuning checkpoint taken between episodes")
+    if not resume and online:
+        raise CheckpointError(f"{checkpoint}: a fine-tuning checkpoint; continue it with --resume")
+    saved = FinetuneSettings(**online["settings"]) if resume else FinetuneSettings()
+    settings = settings or saved
+    if resume:  # only the length of the run may change
+        settings = FinetuneSettings(**{**asdict(saved), "env_steps": settings.env_steps})
     settings.check()
-    run = OnlineRun(Path(checkpoint), settings, run_dir)
+    run = OnlineRun(checkpoint, settings, run_dir, payload)
     probe = make_env(run.env_id)
     check_row_aligned(probe)
     probe.close()
     run.run_dir.mkdir(parents=True, exist_ok=True)
     (run.run_dir / "finetune.json").write_text(
-        json.dumps({"checkpoint": str(checkpoint), **asdict(settings)}, indent=2) + "\n"
+        json.dumps({"source": run.source, **asdict(settings)}, indent=2) + "\n"
     )
-    torch.manual_seed(settings.seed)
     writer = SummaryWriter(run.run_dir / "tb")
     env_fn = partial(make_env, run.env_id, time_limit(run.env_id, settings.max_steps))
     reward_fn = REWARD_TRANSFORMS.get(reward_convention(run.store_attrs))
     plan = partial(_plan, run.agent, settings.noise)
     try:
         with vector_env(env_fn, settings.envs) as envs:
-            collector = Collector(envs, plan, settings.seed, run.cfg.obs_horizon, run.cfg.horizon, reward_fn)
+            collector = Collector(
+                envs,
+                plan,
+                settings.seed,
+                run.cfg.obs_horizon,
+                run.cfg.horizon,
+                reward_fn,
+                first_episode=len(run.episodes),
+            )
+            collector.env_steps = run.env_steps
             final = _loop(run, collector, writer, progress)
     finally:
         writer.close()
@@ -188,14 +265,30 @@ def _plan(agent, noise: float, histories: np.ndarray) -> np.ndarray:
 
 def _loop(run: OnlineRun, collector: Collector, writer: SummaryWriter, progress: bool) -> Path:
     settings, log = run.settings, MetricLog()
-    bar = tqdm(total=settings.env_steps, desc=f"finetune {run.agent.name}", unit="step", disable=not progress)
+    bar = tqdm(
+        total=settings.env_steps,
+        initial=collector.env_steps,
+        desc=f"finetune {run.agent.name}",
+        unit="step",
+        disable=not progress,
+    )
     clock, updates_done = {"collect": 0.0, "update": 0.0}, 0
-    next_eval, next_checkpoint = settings.eval_every, settings.checkpoint_every
-    while collector.env_steps < settings.env_steps:
+    next_eval = _next_multiple(collector.env_steps, settings.eval_every)
+    next_checkpoint = _next_multiple(collector.env_steps, settings.checkpoint_every)
+    while True:
+        finishing = collector.env_steps >= settings.env_steps
+        if finishing or collector.env_steps >= next_checkpoint:
+            collector.drain()  # checkpoints are taken between episodes (module docstring)
+            if collector.idle():
+                name = "final.pt" if finishing else f"step_{collector.env_steps:08d}.pt"
+                path = run.checkpoint(name, collector.env_steps)
+                if finishing:
+                    break
+                next_checkpoint = _next_multiple(collector.env_steps, settings.checkpoint_every)
+                collector.restart()
         start, before = time.perf_counter(), collector.env_steps
         for rows in collector.advance():
-            run.replay.append_episode(rows.obs, rows.action, rows.reward, rows.terminal)
-            run.episodes.append(rows)
+            run.add(rows)
             writer.add_scalar("collect/return", rows.episode.episode_return, collector.env_steps)
             writer.add_scalar("collect/success", float(rows.episode.success), collector.env_steps)
         stepped = collector.env_steps - before
@@ -209,16 +302,18 @@ def _loop(run: OnlineRun, collector: Collector, writer: SummaryWriter, progress:
                 if updates_done % settings.log_every == 0:
                     _log_metrics(run, writer, log, collector.env_steps, clock, updates_done)
             clock["update"] += time.perf_counter() - start
-        if collector.env_steps >= next_checkpoint:
-            run.checkpoint(f"step_{collector.env_steps:08d}.pt", collector.env_steps)
-            next_checkpoint += settings.checkpoint_every
         if settings.eval_every and collector.env_steps >= next_eval:
-            _evaluate(run, writer, run.checkpoint("latest.pt", collector.env_steps), collector.env_steps)
-            next_eval += settings.eval_every
+            evaluated = run.checkpoint("latest.pt", collector.env_steps, resumable=False)
+            _evaluate(run, writer, evaluated, collector.env_steps)
+            next_eval = _next_multiple(collector.env_steps, settings.eval_every)
     bar.close()
-    final = run.checkpoint("final.pt", collector.env_steps)
     _write_speed(run, collector.env_steps, updates_done, clock)
-    return final
+    return path
+
+
+def _next_multiple(steps: int, every: int) -> int:
+    """The first multiple of `every` after `steps` (never, for every = 0)."""
+    return (steps // every + 1) * every if every else np.iinfo(np.int64).max
 
 
 def _log_metrics(run: OnlineRun, writer, log: MetricLog, env_steps: int, clock: dict, updates: int) -> None:
