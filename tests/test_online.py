@@ -202,3 +202,13 @@ def test_a_resumed_fine_tuning_run_is_bit_identical_to_the_uninterrupted_one(off
     )
     with pytest.raises(CheckpointError, match="continue it with --resume"):
         finetune(middle, settings, tmp_path / "c", progress=False)
+
+
+def test_an_episode_ending_at_the_last_step_ends_the_run(offline_checkpoint, tmp_path):
+    """30 steps in episodes of 15: the second episode ends at step 30, and no third one starts."""
+    from offline_chunk.harness.finetune import FinetuneSettings, finetune
+
+    settings = FinetuneSettings(env_steps=30, warmup=30, max_steps=15, eval_every=0, log_every=10)
+    finetune(offline_checkpoint, settings, tmp_path / "run", progress=False)
+    episodes = np.load(tmp_path / "run" / "online_episodes.npz")
+    assert episodes["episode_ends"].tolist() == [15, 30] and episodes["env_steps"] == 30

@@ -54,19 +54,23 @@ class Collector(Rollouts):
         self.info_keys = tuple(info_keys)
         self.rows: list[dict[str, list]] = [self._empty() for _ in range(envs.num_envs)]
         self.env_steps = 0
+        self.stop_at = sys.maxsize  # no episode starts once env_steps reaches it (a checkpoint is due)
         self.next_episode = first_episode  # episode i resets with seed + i, so a resumed run goes on alike
         self.start_episodes(np.ones(envs.num_envs, bool))
 
-    def drain(self) -> None:
-        """Start no new episode: the running ones finish and their environments idle."""
-        self.episodes = self.next_episode
+    def start_episodes(self, free: np.ndarray) -> None:
+        """The next episodes, or (at `stop_at`) none: the free environments idle."""
+        if self.env_steps >= self.stop_at:
+            self.episode_of[free] = -1
+            return
+        super().start_episodes(free)
 
     def idle(self) -> bool:
         return bool((self.episode_of < 0).all())
 
-    def restart(self) -> None:
-        """After a drain: every environment starts its next episode."""
-        self.episodes = sys.maxsize
+    def restart(self, stop_at: int) -> None:
+        """After every episode ended at a stop: every environment starts its next one, until `stop_at`."""
+        self.stop_at = stop_at
         self.start_episodes(np.ones(self.envs.num_envs, bool))
 
     def _empty(self) -> dict[str, list]:

@@ -274,18 +274,19 @@ def _loop(run: OnlineRun, collector: Collector, writer: SummaryWriter, progress:
     )
     clock, updates_done = {"collect": 0.0, "update": 0.0}, 0
     next_eval = _next_multiple(collector.env_steps, settings.eval_every)
-    next_checkpoint = _next_multiple(collector.env_steps, settings.checkpoint_every)
+    # Episodes stop starting when a checkpoint or the end is due; it is taken once they have all ended.
+    collector.stop_at = min(
+        _next_multiple(collector.env_steps, settings.checkpoint_every), settings.env_steps
+    )
     while True:
-        finishing = collector.env_steps >= settings.env_steps
-        if finishing or collector.env_steps >= next_checkpoint:
-            collector.drain()  # checkpoints are taken between episodes (module docstring)
-            if collector.idle():
-                name = "final.pt" if finishing else f"step_{collector.env_steps:08d}.pt"
-                path = run.checkpoint(name, collector.env_steps)
-                if finishing:
-                    break
-                next_checkpoint = _next_multiple(collector.env_steps, settings.checkpoint_every)
-                collector.restart()
+        if collector.idle():
+            finishing = collector.env_steps >= settings.env_steps
+            name = "final.pt" if finishing else f"step_{collector.env_steps:08d}.pt"
+            path = run.checkpoint(name, collector.env_steps)
+            if finishing:
+                break
+            next_checkpoint = _next_multiple(collector.env_steps, settings.checkpoint_every)
+            collector.restart(min(next_checkpoint, settings.env_steps))
         start, before = time.perf_counter(), collector.env_steps
         for rows in collector.advance():
             run.add(rows)
