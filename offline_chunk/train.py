@@ -217,6 +217,13 @@ def evaluated_steps(run_dir: Path) -> set[int]:
     return {int(line.split(",", 1)[0]) for line in path.read_text().splitlines()[1:] if line}
 
 
+def append_row(path: Path, header: str, row: str) -> None:
+    """One line appended to a CSV file, its header line first when the file is new."""
+    new_file = not path.exists()
+    with open(path, "a") as f:
+        f.write(f"{header}\n{row}\n" if new_file else f"{row}\n")
+
+
 def evaluate_in_training(run: Run, writer: SummaryWriter, checkpoint: Path) -> None:
     """Evaluate this step's checkpoint (`run.evaluator`), log it to TensorBoard and append it to
     <run>/evaluations.csv (what `make benchmark` reads) with the training time so far."""
@@ -230,14 +237,11 @@ def evaluate_in_training(run: Run, writer: SummaryWriter, checkpoint: Path) -> N
         ("final_reward_mean", report["final_reward_mean"]),
     ):
         writer.add_scalar(f"eval/{key}", value, run.step)
-    path = run.run_dir / "evaluations.csv"
-    new_file = not path.exists()
-    with open(path, "a") as f:
-        if new_file:
-            f.write("step,train_seconds,success_rate,success_ci95_low,success_ci95_high,return_mean\n")
-        f.write(
-            f"{run.step},{run.train_seconds:.1f},{report['success_rate']},{low},{high},{report['return_mean']}\n"
-        )
+    append_row(
+        run.run_dir / "evaluations.csv",
+        "step,train_seconds,success_rate,success_ci95_low,success_ci95_high,return_mean",
+        f"{run.step},{run.train_seconds:.1f},{report['success_rate']},{low},{high},{report['return_mean']}",
+    )
 
 
 def train_loop(run: Run) -> Path:

@@ -79,6 +79,20 @@ def tiny_config(agent, store, run_dir, *extra):
     return load_config(agent, "default", overrides)
 
 
+def tiny_scene_checkpoint(directory: Path, *overrides: str) -> Path:
+    """A CPQL checkpoint with the tiny networks on a one-episode, 20-step scene task 2 store (seconds)."""
+    from offline_chunk.data.sources import convert
+    from offline_chunk.train import train
+
+    store = convert(
+        "ogbench:scene-play-singletask-task2-v0?episodes=1&steps=20&workers=1",
+        out=directory / "s.zarr",
+        progress=False,
+    )
+    named = [f"dataset={store}", f"run_dir={directory / 'run'}", "batch_size=8"]
+    return train(load_config("cpql", "default", [*named, *overrides, *TINY_NETS]))
+
+
 def tree_digest(path: Path) -> str:
     """A digest of every file under `path` (names and contents): equal digests, an untouched tree."""
     digest = hashlib.sha256()

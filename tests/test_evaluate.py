@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import TINY_NETS, CountingEnv
+from helpers import TINY_NETS, CountingEnv, tiny_scene_checkpoint
 
 from offline_chunk.errors import ConfigError, DataError
 from offline_chunk.harness.envs import ChunkExecutor
@@ -144,18 +144,7 @@ def test_rollouts_seed_every_episode_lose_no_action_and_batch_planning(execute):
 def untrained_checkpoint(tmp_path_factory):
     """A 2-update CPQL checkpoint on a one-episode, 20-step scene store."""
     pytest.importorskip("ogbench")
-    from offline_chunk.config import load_config
-    from offline_chunk.data.sources import convert
-    from offline_chunk.train import train
-
-    tmp = tmp_path_factory.mktemp("eval")
-    store = convert(
-        "ogbench:scene-play-singletask-task2-v0?episodes=1&steps=20&workers=1",
-        out=tmp / "s.zarr",
-        progress=False,
-    )
-    overrides = [f"dataset={store}", f"run_dir={tmp / 'run'}", "steps=2", "horizon=5", "batch_size=8"]
-    return train(load_config("cpql", "default", overrides + TINY_NETS))
+    return tiny_scene_checkpoint(tmp_path_factory.mktemp("eval"), "steps=2", "horizon=5")
 
 
 def check_outputs(report: dict, episodes: int, max_steps: int) -> None:

@@ -4,7 +4,7 @@ against OGBench's own relabelling of the same simulator states."""
 import numpy as np
 import pytest
 import torch
-from helpers import CountingEnv
+from helpers import CountingEnv, tiny_scene_checkpoint
 
 from offline_chunk.data.replay import ChunkReplay
 from offline_chunk.data.store import StepData
@@ -106,26 +106,7 @@ def test_ogbench_rewards_of_collected_rows_equal_its_relabelling_of_the_same_sta
 def offline_checkpoint(tmp_path_factory):
     """A 20-update CPQL checkpoint on a one-episode, 20-step scene store (seconds to make)."""
     pytest.importorskip("ogbench")
-    from helpers import TINY_NETS
-
-    from offline_chunk.config import load_config
-    from offline_chunk.data.sources import convert
-    from offline_chunk.train import train
-
-    tmp = tmp_path_factory.mktemp("online")
-    store = convert(
-        "ogbench:scene-play-singletask-task2-v0?episodes=1&steps=20&workers=1",
-        out=tmp / "s.zarr",
-        progress=False,
-    )
-    overrides = [
-        f"dataset={store}",
-        f"run_dir={tmp / 'run'}",
-        "steps=20",
-        "batch_size=8",
-        "agent.act.candidates=2",
-    ]
-    return train(load_config("cpql", "default", overrides + TINY_NETS))
+    return tiny_scene_checkpoint(tmp_path_factory.mktemp("online"), "steps=20", "agent.act.candidates=2")
 
 
 def test_make_finetune_collects_updates_evaluates_and_checkpoints(offline_checkpoint, tmp_path):

@@ -280,6 +280,7 @@ def evaluate_one_candidate(run: PlannedRun) -> list[Evaluation]:
     acting by one sampled chunk (no choice by Q), on the same evaluation episodes (same seed). Evaluations
     done before are kept in <run>/evaluations_one_candidate.csv and not repeated."""
     from offline_chunk.harness.evaluation import evaluate  # simulators are imported only when evaluating
+    from offline_chunk.train import append_row
 
     cfg, path = run.cfg, run.run_dir / ONE_CANDIDATE_CSV
     done = (
@@ -300,11 +301,11 @@ def evaluate_one_candidate(run: PlannedRun) -> list[Evaluation]:
             out=run.run_dir / "one_candidate",
             progress=False,
         )
-        new_file = not path.exists()
-        with open(path, "a") as f:
-            if new_file:
-                f.write("step,train_seconds,success_rate\n")
-            f.write(f"{trained.step},{trained.wall_s},{report['success_rate']}\n")
+        append_row(
+            path,
+            "step,train_seconds,success_rate",
+            f"{trained.step},{trained.wall_s},{report['success_rate']}",
+        )
     return read_evaluations(run.run_dir, f"{run.label} BC-only", run.seed, ONE_CANDIDATE_CSV)
 
 

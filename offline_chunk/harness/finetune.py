@@ -55,7 +55,7 @@ from offline_chunk.harness.evaluation import evaluate
 from offline_chunk.harness.evaluation.rollouts import vector_env
 from offline_chunk.harness.evaluation.settings import REWARD_TRANSFORMS, reward_convention
 from offline_chunk.harness.evaluation.stats import Episode
-from offline_chunk.train import MetricLog
+from offline_chunk.train import MetricLog, append_row
 
 EVAL_SEED_OFFSET = 1_000_000  # evaluation episodes reset with seeds no collection episode uses
 
@@ -338,14 +338,12 @@ def _evaluate(run: OnlineRun, writer, checkpoint: Path, env_steps: int) -> None:
     )
     writer.add_scalar("eval/success_rate", report["success_rate"], env_steps)
     writer.add_scalar("eval/return_mean", report["return_mean"], env_steps)
-    path, (low, high) = run.run_dir / "evaluations.csv", report["success_ci95"]
-    new_file = not path.exists()
-    with open(path, "a") as f:
-        if new_file:
-            f.write("env_steps,updates,success_rate,success_ci95_low,success_ci95_high,return_mean\n")
-        f.write(
-            f"{env_steps},{run.agent.num_updates},{report['success_rate']},{low},{high},{report['return_mean']}\n"
-        )
+    low, high = report["success_ci95"]
+    append_row(
+        run.run_dir / "evaluations.csv",
+        "env_steps,updates,success_rate,success_ci95_low,success_ci95_high,return_mean",
+        f"{env_steps},{run.agent.num_updates},{report['success_rate']},{low},{high},{report['return_mean']}",
+    )
 
 
 def _write_speed(run: OnlineRun, env_steps: int, updates: int, clock: dict) -> None:
