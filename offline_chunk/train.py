@@ -123,10 +123,25 @@ def later_checkpoints(directory: Path, step: int) -> list[str]:
     return later
 
 
+def check_cameras(store, dataset: OfflineRLDataset) -> None:
+    """The networks read low-dimensional observations only (camera encoders are not written yet): a store
+    of cameras alone is refused, and one with both trains on its low-dimensional keys, saying so."""
+    cameras = list(dataset.data.images)
+    if cameras and dataset.obs_dim == 0:
+        raise ConfigError(
+            f"{store}: observations are camera frames only ({cameras}); the agents need low-dimensional keys"
+        )
+    if cameras:
+        print(
+            f"note         {store}: the networks do not read cameras {cameras}, only the other keys"
+        )
+
+
 def build_run(cfg: RunConfig, resume: dict | None = None) -> Run:
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     dataset = OfflineRLDataset(cfg.dataset, cfg.horizon, cfg.obs_horizon, cfg.gamma, cfg.drop_partial)
+    check_cameras(cfg.dataset, dataset)
     sampler = dataset.sampler(cfg.batch_size, device=device, seed=cfg.seed, **batch_fields(cfg.agent))
     if resume is None:
         dims = Dims(dataset.obs_dim, cfg.obs_horizon, dataset.action_dim, cfg.horizon)

@@ -11,11 +11,18 @@ sampled batch are computed by one piece of code. Item fields follow the table of
     chunk_done         ()       d
     effective_length   () int64 τ
     discount_factor    ()       γ^τ
+
+and, from a store with cameras, with `images=True`:
+
+    images             {camera: (To, C, H, W) uint8}  the frames of the rows of `observations`
+    next_images        {camera: (To, C, H, W) uint8}  the frames of the rows of `next_observations`
+
+Frames stay uint8 on the device (a quarter of float32's memory); the networks convert them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -52,9 +59,15 @@ class ChunkTensors:
     cumulative_reward: torch.Tensor  # (M,) float32
     discount: torch.Tensor  # (M,) float32
     return_lower_bound: torch.Tensor  # (M,) float32
+    images: dict[str, torch.Tensor] = field(default_factory=dict)  # camera -> (N, C, H, W) uint8
 
     @classmethod
-    def build(cls, obs: np.ndarray, action: np.ndarray, index: ChunkIndex) -> ChunkTensors:
+    def build(cls, obs: np.ndarray, action: np.ndarray, index: ChunkIndex, images=None) -> ChunkTensors:
+        """The tensors of a store's rows and index; camera frames (N, H, W, C) become (N, C, H, W)."""
+        frames = {
+            camera: torch.as_tensor(f).permute(0, 3, 1, 2).contiguous()
+            for camera, f in (images or {}).items()
+        }
         return cls(
             obs=torch.as_tensor(obs, dtype=torch.float32),
             action=torch.as_tensor(action, dtype=torch.float32),
@@ -67,10 +80,12 @@ class ChunkTensors:
             cumulative_reward=torch.as_tensor(index.cumulative_reward),
             discount=torch.as_tensor(index.discount),
             return_lower_bound=torch.as_tensor(index.return_lower_bound),
+            images=frames,
         )
 
     def to(self, device) -> ChunkTensors:
-        return ChunkTensors(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+        moved = {f.name: getattr(self, f.name).to(device) for f in fields(self) if f.name != "images"}
+        return ChunkTensors(**moved, images={camera: f.to(device) for camera, f in self.images.items()})
 
 
 def _history_rows(last: torch.Tensor, first: torch.Tensor, obs_horizon: int) -> torch.Tensor:
@@ -92,17 +107,21 @@ def gather_chunks(
     obs_horizon: int,
     next_actions: bool = False,
     return_bounds: bool = False,
+    images: bool = False,
 ) -> dict:
     """The batch of chunk transitions `ids` (B,) by gathers only: no Python loop, no host sync.
 
     `next_actions=True` adds the recorded chunk that starts at the next row (rows min(n + i, e - 1)),
     for SARSA-style backups that evaluate the data's own behaviour; `return_bounds=True` adds
-    `return_lower_bound`, the recorded return from t as a lower bound on the chunk's value (returns.py)."""
+    `return_lower_bound`, the recorded return from t as a lower bound on the chunk's value (returns.py);
+    `images=True` adds the cameras' frames of the same history rows (`images`, `next_images`)."""
     start, begin, end = tensors.start[ids], tensors.episode_begin[ids], tensors.episode_end[ids]
     action_rows, action_mask = _chunk_rows(start, end, horizon)
+    history = _history_rows(start, begin, obs_horizon)
+    next_history = _history_rows(tensors.next_row[ids], begin, obs_horizon)
     batch = {
-        "observations": tensors.obs[_history_rows(start, begin, obs_horizon)],
-        "next_observations": tensors.obs[_history_rows(tensors.next_row[ids], begin, obs_horizon)],
+        "observations": tensors.obs[history],
+        "next_observations": tensors.obs[next_history],
         "actions": tensors.action[action_rows],
         "action_mask": action_mask,
         "cumulative_reward": tensors.cumulative_reward[ids],
@@ -114,6 +133,9 @@ def gather_chunks(
         batch["next_actions"] = tensors.action[_chunk_rows(tensors.next_row[ids], end, horizon)[0]]
     if return_bounds:
         batch["return_lower_bound"] = tensors.return_lower_bound[ids]
+    if images:
+        batch["images"] = {camera: frames[history] for camera, frames in tensors.images.items()}
+        batch["next_images"] = {camera: frames[next_history] for camera, frames in tensors.images.items()}
     return batch
 
 
@@ -133,9 +155,10 @@ class ChunkSampler:
         seed: int = 0,
         next_actions: bool = False,
         return_bounds: bool = False,
+        images: bool = False,
     ):
         self.device = torch.device(device)
-        self.next_actions, self.return_bounds = next_actions, return_bounds
+        self.next_actions, self.return_bounds, self.images = next_actions, return_bounds, images
         self.tensors = tensors.to(self.device)
         self.batch_size, self.horizon, self.obs_horizon = int(batch_size), int(horizon), int(obs_horizon)
         if generator is None:
@@ -157,11 +180,17 @@ class ChunkSampler:
             self.obs_horizon,
             self.next_actions,
             self.return_bounds,
+            self.images,
         )
 
     def __iter__(self):
         while True:
             yield self.sample()
+
+
+def _first(value):
+    """Row 0 of a batch field (a tensor, or a dict of camera tensors)."""
+    return {camera: frames[0] for camera, frames in value.items()} if isinstance(value, dict) else value[0]
 
 
 class OfflineRLDataset(Dataset):
@@ -186,7 +215,7 @@ class OfflineRLDataset(Dataset):
         self.index = build_chunk_index(
             self.data.reward, self.data.terminal, self.data.episode_ends, horizon, gamma, drop_partial
         )
-        self.tensors = ChunkTensors.build(self.data.obs, self.data.action, self.index)
+        self.tensors = ChunkTensors.build(self.data.obs, self.data.action, self.index, self.data.images)
 
     @property
     def obs_dim(self) -> int:
@@ -202,8 +231,11 @@ class OfflineRLDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         if not -len(self) <= i < len(self):
             raise IndexError(f"chunk index {i} out of range for {len(self)} chunk transitions")
-        batch = gather_chunks(self.tensors, torch.tensor([i % len(self)]), self.horizon, self.obs_horizon)
-        return {key: value[0] for key, value in batch.items()}
+        ids = torch.tensor([i % len(self)])
+        batch = gather_chunks(
+            self.tensors, ids, self.horizon, self.obs_horizon, images=bool(self.tensors.images)
+        )
+        return {key: _first(value) for key, value in batch.items()}
 
     def sampler(
         self,
@@ -213,8 +245,9 @@ class OfflineRLDataset(Dataset):
         seed: int = 0,
         next_actions: bool = False,
         return_bounds: bool = False,
+        images: bool = False,
     ) -> ChunkSampler:
-        """A device-resident batch sampler (what training uses)."""
+        """A device-resident batch sampler (what training uses); `images`: with the cameras' frames."""
         return ChunkSampler(
             self.tensors,
             batch_size,
@@ -225,4 +258,5 @@ class OfflineRLDataset(Dataset):
             seed,
             next_actions,
             return_bounds,
+            images,
         )

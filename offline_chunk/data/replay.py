@@ -41,12 +41,12 @@ class ChunkReplay:
         capacity: int | None = None,
         device="cpu",
     ):
-        self.horizon, self.obs_horizon, self.gamma, self.drop_partial = (
-            horizon,
-            obs_horizon,
-            gamma,
-            drop_partial,
-        )
+        if data.images:
+            raise ValueError(
+                "a replay of camera frames is not supported yet: fine-tune on low-dimensional stores"
+            )
+        self.horizon, self.obs_horizon, self.gamma = horizon, obs_horizon, gamma
+        self.drop_partial = drop_partial
         self.device = torch.device(device)
         # Host copies of what the chunk rules read (small: three numbers per row).
         self.reward, self.terminal = np.asarray(data.reward, np.float64), np.asarray(data.terminal, bool)
@@ -113,7 +113,8 @@ class ChunkReplay:
             max(rows, 2 * capacity), self.tensors.obs.shape[1], self.tensors.action.shape[1], self.device
         )
         for f in fields(ChunkTensors):
-            getattr(grown, f.name)[:capacity] = getattr(self.tensors, f.name)
+            if f.name != "images":  # a replay holds no frames (checked above)
+                getattr(grown, f.name)[:capacity] = getattr(self.tensors, f.name)
         self.tensors = grown
         for sampler in self.samplers:
             sampler.tensors = grown

@@ -1,6 +1,7 @@
 """The step-level store: diffusion_policy's ReplayBuffer layout in zarr (docs/chunk_transitions.md).
 
     data/<obs key>...   (N, D_k) float   observation at row t (keys in attrs["obs_keys"], concatenated)
+    data/<camera>...    (N, H, W, C) uint8  frame at row t (keys in attrs["image_keys"]; C = 3 or 1)
     data/action         (N, A)   float   action taken at row t
     data/reward         (N,)     float   reward for taking action t at observation t
     data/terminal       (N,)     bool    no bootstrapping after this row's reward
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import zarr
+from zarr.codecs import BloscCodec
 
 from offline_chunk import __version__
 from offline_chunk.atomic import sibling
@@ -30,24 +32,30 @@ REQUIRED = ("data/action", "data/reward", "data/terminal", "meta/episode_ends")
 # was written: `write_store` writes them all and records this attribute.
 ALL_CHUNKS_WRITTEN = "all_chunks_written"
 CHUNK_BYTES = 4 << 20
+FRAMES_PER_CHUNK = 256  # camera frames are chunked along rows and compressed (zstd in blosc, bit-shuffled)
+FRAME_CODEC = BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
 
 
 @dataclass
 class StepData:
     """Step-level trajectories in memory, in environment units."""
 
-    observations: dict[str, np.ndarray]  # key -> (N, D_k); concatenated in insertion order
+    observations: dict[str, np.ndarray]  # key -> (N, D_k); concatenated in insertion order (may be empty
+    # when there are cameras)
     action: np.ndarray  # (N, A)
     reward: np.ndarray  # (N,)
     terminal: np.ndarray  # (N,) bool
     episode_ends: np.ndarray  # (E,) int64, exclusive
     attrs: dict = field(default_factory=dict)  # provenance: source, env_id, action bounds, ...
     extras: dict[str, np.ndarray] = field(default_factory=dict)  # optional per-row arrays (qpos, ...)
+    images: dict[str, np.ndarray] = field(default_factory=dict)  # camera -> (N, H, W, C) uint8 frames
 
     @property
     def obs(self) -> np.ndarray:
-        """(N, obs_dim) float32: the observation keys concatenated in order."""
+        """(N, obs_dim) float32: the observation keys concatenated in order ((N, 0) with cameras only)."""
         parts = [np.asarray(v, np.float32) for v in self.observations.values()]
+        if not parts:
+            return np.zeros((self.num_rows, 0), np.float32)
         return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
 
     @property
@@ -77,6 +85,22 @@ def _check_array(path, name, arr, rank, kind, num_rows) -> None:
         raise DataError(path, f"has {len(arr)} rows but data/action has {num_rows}", name)
     if kind == "f" and not np.isfinite(arr).all():
         raise DataError(path, "contains NaN or inf", name, _first_row(~np.isfinite(arr)))
+
+
+def _check_frames(path, name, frames, num_rows: int) -> None:
+    """Camera frames: (N, H, W, C) uint8 with C = 3 (RGB) or 1, one per row."""
+    if frames.ndim != 4:
+        raise DataError(
+            path, f"has rank {frames.ndim} (shape {frames.shape}), expected (N, H, W, C) frames", name
+        )
+    if frames.dtype != np.uint8:
+        raise DataError(path, f"has dtype {frames.dtype}, expected uint8 frames (0..255)", name)
+    if frames.shape[-1] not in (1, 3):
+        raise DataError(
+            path, f"has {frames.shape[-1]} channels (shape {frames.shape}), expected 3 (RGB) or 1", name
+        )
+    if len(frames) != num_rows:
+        raise DataError(path, f"has {len(frames)} rows but data/action has {num_rows}", name)
 
 
 def _check_episode_ends(path, ends: np.ndarray, num_rows: int) -> None:
@@ -119,12 +143,17 @@ def _check_action_bounds(path, action: np.ndarray, attrs: dict) -> None:
 
 def validate(data: StepData, path) -> None:
     """Raise `DataError` for the first broken rule of the layout of docs/chunk_transitions.md."""
-    if not data.observations:
-        raise DataError(path, "no observation arrays (data/obs, or keys listed in attrs['obs_keys'])")
+    if not data.observations and not data.images:
+        raise DataError(
+            path,
+            "no observation arrays (data/obs, keys listed in attrs['obs_keys'], or cameras in 'image_keys')",
+        )
     _check_array(path, "data/action", data.action, 2, "f", None)
     n = data.num_rows
     for key, obs in data.observations.items():
         _check_array(path, f"data/{key}", obs, 2, "f", n)
+    for camera, frames in data.images.items():
+        _check_frames(path, f"data/{camera}", frames, n)
     _check_array(path, "data/reward", data.reward, 1, "f", n)
     _check_array(path, "data/terminal", data.terminal, 1, "b", n)
     _check_array(path, "meta/episode_ends", data.episode_ends, 1, "i", None)
@@ -166,11 +195,16 @@ def read_array(path: Path, group, name: str) -> np.ndarray:
 
 
 def obs_keys_of(group) -> list[str]:
-    """Observation keys of a store: attrs['obs_keys'], else the single array data/obs."""
+    """Low-dimensional observation keys of a store: attrs['obs_keys'] (empty in a store of cameras only),
+    else the single array data/obs."""
     keys = group.attrs.get("obs_keys")
-    if keys:
+    if keys is not None and (keys or group.attrs.get("image_keys")):
         return [str(k) for k in keys]
     return ["obs"]
+
+
+def image_keys_of(group) -> list[str]:
+    return [str(k) for k in group.attrs.get("image_keys", [])]
 
 
 def open_store(path, extras: bool = False) -> StepData:
@@ -179,10 +213,11 @@ def open_store(path, extras: bool = False) -> StepData:
     group = open_group(path)
     attrs = dict(group.attrs.asdict())
     observations = {key: read_array(path, group, f"data/{key}") for key in obs_keys_of(group)}
+    images = {camera: read_array(path, group, f"data/{camera}") for camera in image_keys_of(group)}
     arrays = {name: read_array(path, group, name) for name in REQUIRED}
     extra_arrays = {}
     if extras and "data" in group:
-        known = set(observations) | {"action", "reward", "terminal"}
+        known = set(observations) | set(images) | {"action", "reward", "terminal"}
         extra_arrays = {k: group["data"][k][...] for k in group["data"].array_keys() if k not in known}
     data = StepData(
         observations=observations,
@@ -192,6 +227,7 @@ def open_store(path, extras: bool = False) -> StepData:
         episode_ends=arrays["meta/episode_ends"],
         attrs=attrs,
         extras=extra_arrays,
+        images=images,
     )
     validate(data, path)
     return data
@@ -206,10 +242,12 @@ def _row_chunks(arr: np.ndarray) -> tuple[int, ...]:
     return (rows, *arr.shape[1:])
 
 
-def _write_array(group, name: str, arr: np.ndarray) -> None:
+def _write_array(group, name: str, arr: np.ndarray, frames: bool = False) -> None:
     arr = np.ascontiguousarray(arr)
+    chunks = (min(max(1, len(arr)), FRAMES_PER_CHUNK), *arr.shape[1:]) if frames else _row_chunks(arr)
+    codec = {"compressors": FRAME_CODEC} if frames else {}
     out = group.create_array(
-        name, shape=arr.shape, dtype=arr.dtype, chunks=_row_chunks(arr), config={"write_empty_chunks": True}
+        name, shape=arr.shape, dtype=arr.dtype, chunks=chunks, config={"write_empty_chunks": True}, **codec
     )
     out[...] = arr
 
@@ -234,6 +272,8 @@ def write_store(data: StepData, path, overwrite: bool = False) -> Path:
         group = zarr.open_group(store=str(tmp), mode="w-", zarr_format=3)
         for key, obs in data.observations.items():
             _write_array(group, f"data/{key}", np.asarray(obs, np.float32))
+        for camera, frames in data.images.items():
+            _write_array(group, f"data/{camera}", frames, frames=True)
         _write_array(group, "data/action", np.asarray(data.action, np.float32))
         _write_array(group, "data/reward", np.asarray(data.reward, np.float32))
         _write_array(group, "data/terminal", np.asarray(data.terminal, bool))
@@ -242,6 +282,8 @@ def write_store(data: StepData, path, overwrite: bool = False) -> Path:
         _write_array(group, "meta/episode_ends", np.asarray(data.episode_ends, np.int64))
         attrs = {k: _to_json(v) for k, v in data.attrs.items()}
         attrs.update(obs_keys=list(data.observations), offline_chunk_version=__version__)
+        if data.images:
+            attrs["image_keys"] = list(data.images)
         attrs[ALL_CHUNKS_WRITTEN] = True
         group.attrs.update(attrs)
         _replace(tmp, path)

@@ -1,0 +1,119 @@
+"""Camera frames in the store and in chunk items (docs/chunk_transitions.md, "Image observations"): uint8
+(N, H, W, C) arrays listed in attrs["image_keys"], chunked by frames and compressed; items carry the frames
+of the observation history rows as (To, C, H, W) uint8, checked against a plain reference loop."""
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from offline_chunk.data.dataset import OfflineRLDataset
+from offline_chunk.data.store import FRAMES_PER_CHUNK, StepData, open_store, write_store
+from offline_chunk.errors import ConfigError, DataError
+
+
+def camera_data(rng, lengths, obs_dim=3, cameras=(("front", (6, 5, 3)), ("wrist", (4, 4, 1)))) -> StepData:
+    n = int(sum(lengths))
+    return StepData(
+        observations={"state": rng.normal(size=(n, obs_dim)).astype(np.float32)} if obs_dim else {},
+        action=rng.uniform(-1, 1, size=(n, 2)).astype(np.float32),
+        reward=rng.uniform(-1, 0, size=n).astype(np.float32),
+        terminal=rng.random(n) < 0.1,
+        episode_ends=np.cumsum(lengths),
+        images={name: rng.integers(0, 256, size=(n, *shape), dtype=np.uint8) for name, shape in cameras},
+    )
+
+
+def test_frames_round_trip_chunked_by_frames_and_compressed(tmp_path):
+    data = camera_data(np.random.default_rng(0), [300, 200])
+    path = write_store(data, tmp_path / "cams.zarr")
+    group = zarr.open_group(str(path), mode="r")
+    assert group.attrs["image_keys"] == ["front", "wrist"] and group.attrs["obs_keys"] == ["state"]
+    front = group["data/front"]
+    assert front.chunks == (FRAMES_PER_CHUNK, 6, 5, 3) and front.dtype == np.uint8
+    assert type(front.compressors[0]).__name__ == "BloscCodec"
+    read = open_store(path)
+    for camera, frames in data.images.items():
+        np.testing.assert_array_equal(read.images[camera], frames)
+
+
+def test_a_store_of_cameras_only_has_no_low_dimensional_keys(tmp_path):
+    data = camera_data(np.random.default_rng(1), [10], obs_dim=0)
+    read = open_store(write_store(data, tmp_path / "only.zarr"))
+    assert read.observations == {} and read.obs.shape == (10, 0) and list(read.images) == ["front", "wrist"]
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            lambda d: d.images.update(front=d.images["front"].astype(np.float32)),
+            "dtype float32, expected uint8",
+        ),
+        (lambda d: d.images.update(front=d.images["front"][..., 0]), "rank 3.*expected \\(N, H, W, C\\)"),
+        (lambda d: d.images.update(front=np.zeros((10, 6, 5, 4), np.uint8)), "has 4 channels"),
+        (lambda d: d.images.update(wrist=d.images["wrist"][:9]), "has 9 rows but data/action has 10"),
+    ],
+)
+def test_bad_frames_are_refused_naming_the_array(tmp_path, change, message):
+    data = camera_data(np.random.default_rng(2), [10])
+    change(data)
+    with pytest.raises(DataError, match=message) as error:
+        write_store(data, tmp_path / "bad.zarr")
+    assert "data/front" in str(error.value) or "data/wrist" in str(error.value)
+
+
+def test_a_listed_camera_missing_from_the_store_is_refused(tmp_path):
+    path = write_store(camera_data(np.random.default_rng(3), [10]), tmp_path / "cams.zarr")
+    group = zarr.open_group(str(path), mode="r+")
+    group.attrs["image_keys"] = ["front", "wrist", "top"]
+    with pytest.raises(DataError, match="required array is missing") as error:
+        open_store(path)
+    assert "data/top" in str(error.value)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    lengths=st.lists(st.integers(1, 9), min_size=1, max_size=4),
+    horizon=st.integers(1, 4),
+    obs_horizon=st.integers(1, 3),
+)
+def test_item_frames_are_the_history_rows_of_the_observations(seed, lengths, horizon, obs_horizon):
+    """For each chunk start t of episode [b, e): images are the frames of rows max(t - To + 1 + k, b), as
+    (C, H, W); next_images those ending at the next row n; a plain loop over items computes them here."""
+    data = camera_data(np.random.default_rng(seed), lengths)
+    dataset = OfflineRLDataset(data, horizon, obs_horizon, gamma=0.9, drop_partial=False)
+    index = dataset.index
+    for i in range(len(dataset)):
+        item = dataset[i]
+        b, t, n = index.episode_begin[i], index.start[i], index.next_row[i]
+        rows = [max(t - obs_horizon + 1 + k, b) for k in range(obs_horizon)]
+        next_rows = [max(n - obs_horizon + 1 + k, b) for k in range(obs_horizon)]
+        for camera, frames in data.images.items():
+            assert item["images"][camera].dtype == torch.uint8
+            assert torch.equal(item["images"][camera], torch.as_tensor(frames[rows].transpose(0, 3, 1, 2)))
+            expected_next = torch.as_tensor(frames[next_rows].transpose(0, 3, 1, 2))
+            assert torch.equal(item["next_images"][camera], expected_next)
+
+
+def test_batches_carry_uint8_frames_when_asked():
+    data = camera_data(np.random.default_rng(4), [20, 15])
+    dataset = OfflineRLDataset(data, horizon=3, obs_horizon=2, gamma=0.9)
+    batch = dataset.sampler(16, seed=0, images=True).sample()
+    assert (
+        batch["images"]["front"].shape == (16, 2, 3, 6, 5) and batch["images"]["wrist"].dtype == torch.uint8
+    )
+    assert "images" not in dataset.sampler(16, seed=0).sample()  # only when asked
+
+
+def test_training_refuses_a_store_of_cameras_only(tmp_path):
+    from helpers import tiny_config
+
+    from offline_chunk.train import build_run
+
+    store = write_store(camera_data(np.random.default_rng(5), [12], obs_dim=0), tmp_path / "only.zarr")
+    with pytest.raises(ConfigError, match="camera frames only"):
+        build_run(tiny_config("cpql", store, tmp_path / "run"))
