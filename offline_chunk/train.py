@@ -132,9 +132,7 @@ def check_cameras(store, dataset: OfflineRLDataset) -> None:
             f"{store}: observations are camera frames only ({cameras}); the agents need low-dimensional keys"
         )
     if cameras:
-        print(
-            f"note         {store}: the networks do not read cameras {cameras}, only the other keys"
-        )
+        print(f"note         {store}: the networks do not read cameras {cameras}, only the other keys")
 
 
 def build_run(cfg: RunConfig, resume: dict | None = None) -> Run:

@@ -117,3 +117,45 @@ def test_training_refuses_a_store_of_cameras_only(tmp_path):
     store = write_store(camera_data(np.random.default_rng(5), [12], obs_dim=0), tmp_path / "only.zarr")
     with pytest.raises(ConfigError, match="camera frames only"):
         build_run(tiny_config("cpql", store, tmp_path / "run"))
+
+
+def pusht_like_zarr(path, frames):
+    """diffusion_policy's Push-T image layout: data/img float32 0..255 (N, H, W, 3), data/state, data/action,
+    meta/episode_ends, no reward."""
+    group = zarr.open_group(str(path), mode="w", zarr_format=2)
+    n = len(frames)
+    group.create_array("data/img", data=frames)
+    group.create_array("data/state", data=np.random.default_rng(0).normal(size=(n, 5)).astype(np.float32))
+    group.create_array("data/action", data=np.zeros((n, 2), np.float32))
+    group.create_array("meta/episode_ends", data=np.array([n // 2, n], np.int64))
+    return path
+
+
+def test_a_pusht_image_zarr_converts_its_float_frames_to_uint8(tmp_path):
+    from offline_chunk.data.sources import convert
+
+    frames = np.random.default_rng(6).integers(0, 256, size=(12, 8, 8, 3)).astype(np.float32)
+    source = pusht_like_zarr(tmp_path / "pusht.zarr", frames)
+    out = convert(
+        f"{source}?obs_keys=state&image_keys=img&reward=zeros", out=tmp_path / "s.zarr", progress=False
+    )
+    data = open_store(out)
+    assert data.images["img"].dtype == np.uint8 and list(data.observations) == ["state"]
+    np.testing.assert_array_equal(data.images["img"], frames.astype(np.uint8))
+    only = convert(
+        f"{source}?obs_keys=none&image_keys=img&reward=zeros", out=tmp_path / "o.zarr", progress=False
+    )
+    assert open_store(only).observations == {}
+
+
+def test_frames_that_are_not_whole_0_to_255_values_are_refused(tmp_path):
+    from offline_chunk.data.sources import convert
+
+    frames = np.zeros((12, 8, 8, 3), np.float32)
+    frames[7, 0, 0, 0] = 0.5  # a normalised frame, not 0..255
+    source = pusht_like_zarr(tmp_path / "pusht.zarr", frames)
+    with pytest.raises(DataError, match="data/img.*row 7.*not a whole number in 0..255"):
+        convert(
+            f"{source}?image_keys=img&obs_keys=state&reward=zeros", out=tmp_path / "s.zarr", progress=False
+        )
+    assert not (tmp_path / "s.zarr").exists()
