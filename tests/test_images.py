@@ -159,3 +159,45 @@ def test_frames_that_are_not_whole_0_to_255_values_are_refused(tmp_path):
             f"{source}?image_keys=img&obs_keys=state&reward=zeros", out=tmp_path / "s.zarr", progress=False
         )
     assert not (tmp_path / "s.zarr").exists()
+
+
+def robomimic_image_file(path, frame_dtype=np.uint8):
+    """Two demos in robomimic's layout with a camera (T, 6, 6, 3) and one low-dimensional key."""
+    import h5py
+
+    rng = np.random.default_rng(7)
+    frames = {}
+    with h5py.File(path, "w") as f:
+        for demo, length in (("demo_0", 4), ("demo_1", 3)):
+            group = f.create_group(f"data/{demo}")
+            frames[demo] = rng.integers(0, 256, size=(length, 6, 6, 3)).astype(frame_dtype)
+            group.create_dataset("obs/agentview_image", data=frames[demo])
+            group.create_dataset("obs/robot0_eef_pos", data=rng.normal(size=(length, 3)))
+            group.create_dataset("actions", data=rng.uniform(-1, 1, size=(length, 2)))
+            group.create_dataset("rewards", data=np.zeros(length))
+            group.create_dataset("dones", data=np.eye(length, dtype=np.int64)[-1])
+    return path, frames
+
+
+def test_a_robomimic_image_file_converts_its_named_cameras(tmp_path):
+    from offline_chunk.data.sources import convert
+
+    source, frames = robomimic_image_file(tmp_path / "lift_image.hdf5")
+    out = convert(f"{source}?image_keys=agentview_image", out=tmp_path / "s.zarr", progress=False)
+    data = open_store(out)
+    assert list(data.observations) == ["robot0_eef_pos"] and list(data.images) == ["agentview_image"]
+    np.testing.assert_array_equal(
+        data.images["agentview_image"], np.concatenate([frames["demo_0"], frames["demo_1"]])
+    )
+    only = convert(
+        f"{source}?obs_keys=none&image_keys=agentview_image", out=tmp_path / "o.zarr", progress=False
+    )
+    assert open_store(only).observations == {}
+
+
+def test_robomimic_cameras_that_are_not_uint8_are_refused(tmp_path):
+    from offline_chunk.data.sources import convert
+
+    source, _ = robomimic_image_file(tmp_path / "float.hdf5", frame_dtype=np.float32)
+    with pytest.raises(DataError, match="data/demo_0/obs/agentview_image.*expected uint8"):
+        convert(f"{source}?image_keys=agentview_image", out=tmp_path / "s.zarr", progress=False)

@@ -1,6 +1,6 @@
 """robomimic HDF5 -> `StepData`.
 
-    data/demo_<i>/obs/<key>   (T, D) low-dimensional, or (T, H, W, C) images (skipped)
+    data/demo_<i>/obs/<key>   (T, D) low-dimensional, or (T, H, W, C) uint8 camera frames
     data/demo_<i>/actions     (T, A)
     data/demo_<i>/rewards     (T,)
     data/demo_<i>/dones       (T,)
@@ -10,7 +10,9 @@
 Each demo is one episode. Demos are taken in order of their integer index (demo_2 before demo_10), or in
 the order of `mask/<filter>` with the option `filter=<name>`. The option `obs_keys=a,b,c` picks
 low-dimensional observation keys, concatenated in that order; each is written as its own store key
-`data/<key>`. The default is every (T, D) key of the first demo in sorted order; image keys are skipped.
+`data/<key>`. The default is every (T, D) key of the first demo in sorted order; `obs_keys=none` keeps
+none. Cameras are copied only when named: `image_keys=agentview_image,robot0_eye_in_hand_image` (each a
+store camera `data/<key>`, uint8 frames).
 
 Dones: robomimic writes done = 1 on the last step of every demo and, depending on the `done_mode` used
 at collection, on steps where the task succeeded. With `dones=terminal` (default) a done becomes a store
@@ -34,7 +36,7 @@ from offline_chunk.data.sources._hdf5 import as_flags, check_same_length, decode
 from offline_chunk.data.store import StepData
 from offline_chunk.errors import DataError
 
-OPTIONS = {"obs_keys": "", "filter": "", "dones": "terminal"}
+OPTIONS = {"obs_keys": "", "filter": "", "dones": "terminal", "image_keys": ""}
 DONES_MODES = ("terminal", "ignore")
 DEMO_NAME = re.compile(r"demo_(\d+)")
 
@@ -72,17 +74,23 @@ def _obs_keys(path: Path, data: h5py.Group, demo: str, requested: str) -> list[s
         if not keys:
             raise DataError(path, f"has no low-dimensional (T, D) keys; it has {available}", name)
         return keys
-    keys = requested.split(",")
+    keys = [] if requested == "none" else requested.split(",")
     unknown = [key for key in keys if key not in obs]
     if unknown:
         raise DataError(path, f"has no observation key(s) {unknown}; available: {available}", name)
     return keys
 
 
-def _read_demo(path: Path, h5file: h5py.File, demo: str, obs_keys: list[str]) -> dict[str, np.ndarray]:
+def _read_demo(path: Path, h5file: h5py.File, demo: str, obs_keys: list[str], cameras: list[str]) -> dict:
     """One demo's arrays, keyed by their path under data/<demo>/."""
     prefix = f"data/{demo}"
     arrays = {f"obs/{key}": read_dataset(path, h5file, f"{prefix}/obs/{key}", 2) for key in obs_keys}
+    for camera in cameras:
+        name = f"{prefix}/obs/{camera}"
+        frames = read_dataset(path, h5file, name, 4)
+        if frames.dtype != np.uint8:
+            raise DataError(path, f"has dtype {frames.dtype}, expected uint8 camera frames", name)
+        arrays[f"obs/{camera}"] = frames
     arrays["actions"] = read_dataset(path, h5file, f"{prefix}/actions", 2)
     arrays["rewards"] = read_dataset(path, h5file, f"{prefix}/rewards", 1)
     arrays["dones"] = read_dataset(path, h5file, f"{prefix}/dones", 1)
@@ -108,7 +116,7 @@ def _demo_order(path: Path, h5file: h5py.File, filter_name: str) -> list[str]:
     return _demos_in_filter(path, h5file, data, filter_name) if filter_name else _demos_by_index(path, data)
 
 
-def _concatenate(episodes: list[dict[str, np.ndarray]], obs_keys: list[str], keep_dones: bool) -> StepData:
+def _concatenate(episodes: list[dict], obs_keys: list[str], cameras: list[str], keep_dones: bool) -> StepData:
     def joined(name: str) -> np.ndarray:
         return np.concatenate([episode[name] for episode in episodes])
 
@@ -119,6 +127,7 @@ def _concatenate(episodes: list[dict[str, np.ndarray]], obs_keys: list[str], kee
         reward=joined("rewards").astype(np.float32),
         terminal=done if keep_dones else np.zeros_like(done),
         episode_ends=np.cumsum([len(episode["actions"]) for episode in episodes]).astype(np.int64),
+        images={camera: joined(f"obs/{camera}") for camera in cameras},
     )
 
 
@@ -130,12 +139,13 @@ def load(spec: SourceSpec, progress: bool) -> StepData:
     with h5py.File(path, "r") as h5file:
         demos = _demo_order(path, h5file, options["filter"])
         obs_keys = _obs_keys(path, h5file["data"], demos[0], options["obs_keys"])
+        cameras = [key for key in options["image_keys"].split(",") if key]
         episodes = [
-            _read_demo(path, h5file, demo, obs_keys)
+            _read_demo(path, h5file, demo, obs_keys, cameras)
             for demo in tqdm(demos, desc=f"reading {path.name}", unit="demo", disable=not progress)
         ]
         env_id = _env_id(path, h5file["data"])
-    data = _concatenate(episodes, obs_keys, keep_dones=options["dones"] == "terminal")
+    data = _concatenate(episodes, obs_keys, cameras, keep_dones=options["dones"] == "terminal")
     data.attrs = {
         "source_format": "robomimic_hdf5",
         "source_file": str(path),
