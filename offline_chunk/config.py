@@ -147,9 +147,10 @@ def _apply(cfg: dict, update: dict, source: str, valid: list[str], elsewhere: se
             cfg[key] = copy.deepcopy(value)
 
 
-def _validated(cfg: dict, source: str) -> RunConfig:
+def validated(values: dict, source: str, model: type[Section] | None = None) -> Section:
+    """`values` checked as `model` (default RunConfig); a ConfigError naming `source` and each bad key."""
     try:
-        return RunConfig.model_validate(cfg)
+        return (model or RunConfig).model_validate(values)
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
@@ -198,9 +199,9 @@ def load_config(agent: str, preset: str = "default", overrides: list[str] | tupl
     layers = _preset_layers("default", agent) + (_preset_layers(preset, agent) if preset != "default" else [])
     for source, layer in layers:
         _apply(cfg, layer, source, valid, elsewhere)
-        _validated(cfg, source)
+        validated(cfg, source)
     cfg["preset"] = preset
-    return with_overrides(_validated(cfg, "preset"), overrides)
+    return with_overrides(validated(cfg, "preset"), overrides)
 
 
 def with_overrides(cfg: RunConfig, overrides: list[str] | tuple) -> RunConfig:
@@ -208,7 +209,7 @@ def with_overrides(cfg: RunConfig, overrides: list[str] | tuple) -> RunConfig:
     resolved = cfg.model_dump()
     for assignment in overrides:
         _override(resolved, assignment)
-        _validated(resolved, f"override {assignment!r}")
+        validated(resolved, f"override {assignment!r}")
     return RunConfig.model_validate(resolved)
 
 
@@ -217,7 +218,7 @@ def read_config(path) -> RunConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file does not exist")
-    return _validated(parse_yaml(path.read_text()) or {}, str(path))
+    return validated(parse_yaml(path.read_text()) or {}, str(path))
 
 
 def describe(section: Section, indent: str = "") -> str:

@@ -193,3 +193,12 @@ def test_an_episode_ending_at_the_last_step_ends_the_run(offline_checkpoint, tmp
     finetune(offline_checkpoint, settings, tmp_path / "run", progress=False)
     episodes = np.load(tmp_path / "run" / "online_episodes.npz")
     assert episodes["episode_ends"].tolist() == [15, 30] and episodes["env_steps"] == 30
+
+
+def test_bad_fine_tuning_settings_are_refused_naming_the_setting(capsys):
+    from offline_chunk.harness.cli import main
+
+    assert main(["finetune", "no.pt", "--utd", "0", "--online-fraction", "1.5"]) == 2
+    error = capsys.readouterr().err
+    assert "finetune: utd: Input should be greater than or equal to 1 (got 0)" in error
+    assert "online_fraction: Input should be less than or equal to 1 (got 1.5)" in error

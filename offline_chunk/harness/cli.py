@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
-from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -103,16 +102,17 @@ def cmd_eval(args) -> None:
 
 
 def cmd_finetune(args) -> None:
+    from offline_chunk.config import validated
     from offline_chunk.harness.finetune import FinetuneSettings, finetune
 
     given = {
-        f.name: getattr(args, f.name) for f in fields(FinetuneSettings) if getattr(args, f.name) is not None
+        name: getattr(args, name) for name in FinetuneSettings.model_fields if getattr(args, name) is not None
     }
     if args.resume and set(given) - {"env_steps"}:
         raise ConfigError(
             f"--resume goes on with the run's settings; only --env-steps may change, got {sorted(given)}"
         )
-    settings = FinetuneSettings(**given) if given or not args.resume else None
+    settings = validated(given, "finetune", FinetuneSettings) if given or not args.resume else None
     finetune(args.checkpoint, settings, args.run, progress=not args.no_progress, resume=args.resume)
 
 

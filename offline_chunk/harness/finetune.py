@@ -28,12 +28,12 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
@@ -46,51 +46,45 @@ from offline_chunk.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
+from offline_chunk.config import validated
 from offline_chunk.data.replay import ChunkReplay
 from offline_chunk.data.store import open_store
-from offline_chunk.errors import CheckpointError, ConfigError
+from offline_chunk.errors import CheckpointError
 from offline_chunk.harness.collect import Collector, EpisodeRows, check_row_aligned
 from offline_chunk.harness.envs.ogbench_env import env_id_from_store, make_env, time_limit
 from offline_chunk.harness.evaluation import evaluate
 from offline_chunk.harness.evaluation.rollouts import vector_env
 from offline_chunk.harness.evaluation.settings import REWARD_TRANSFORMS, reward_convention
 from offline_chunk.harness.evaluation.stats import Episode
+from offline_chunk.sections import Section
 from offline_chunk.train import MetricLog, append_row
 
 EVAL_SEED_OFFSET = 1_000_000  # evaluation episodes reset with seeds no collection episode uses
 
 
-@dataclass(frozen=True)
-class FinetuneSettings:
-    env_steps: int = 50_000
+class FinetuneSettings(Section):
+    """A fine-tuning run's schedule, checked as every config section is (sections.py)."""
+
+    env_steps: int = Field(50_000, ge=1)
     """environment steps to collect (all environments together)"""
-    utd: int = 1
+    utd: int = Field(1, ge=1)
     """updates per environment step (QC's utd_ratio)"""
-    envs: int = 1
+    envs: int = Field(1, ge=1)
     """environments collecting at once (QC: 1)"""
-    warmup: int = 5_000
+    warmup: int = Field(5_000, ge=0)
     """environment steps collected before online updates start (QC's start_training)"""
-    online_fraction: float | None = None
+    online_fraction: float | None = Field(None, ge=0, le=1)
     """None: batches sample offline and online chunks alike (QC); a share of online chunks (RLPD: 0.5)"""
     noise: float = 0.1
     """exploration noise of a deterministic actor (td3bc), normalized units"""
-    eval_every: int = 10_000
-    eval_episodes: int = 50
-    checkpoint_every: int = 10_000
-    log_every: int = 1_000
+    eval_every: int = Field(10_000, ge=0)
+    eval_episodes: int = Field(50, ge=1)
+    checkpoint_every: int = Field(10_000, ge=1)
+    log_every: int = Field(1_000, ge=1)
     """updates between metric reads"""
     max_steps: int | None = None
     """episode time limit (None: the environment's own)"""
     seed: int = 0
-
-    def check(self) -> None:
-        for name in ("env_steps", "utd", "envs", "eval_episodes", "checkpoint_every", "log_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}={getattr(self, name)}: must be at least 1")
-        if self.warmup < 0 or self.eval_every < 0:
-            raise ConfigError("warmup and eval_every must be at least 0")
-        if self.online_fraction is not None and not 0.0 <= self.online_fraction <= 1.0:
-            raise ConfigError(f"online_fraction={self.online_fraction}: must be in [0, 1]")
 
 
 class OnlineRun:
@@ -150,7 +144,7 @@ class OnlineRun:
         if resumable:
             online = {
                 "source": self.source,
-                "settings": asdict(self.settings),
+                "settings": self.settings.model_dump(),
                 "env_steps": env_steps,
                 "episodes": len(self.episodes),
             }
@@ -223,18 +217,17 @@ def finetune(
         raise CheckpointError(f"{checkpoint}: not a fine-tuning checkpoint taken between episodes")
     if not resume and online:
         raise CheckpointError(f"{checkpoint}: a fine-tuning checkpoint; continue it with --resume")
-    saved = FinetuneSettings(**online["settings"]) if resume else FinetuneSettings()
+    saved = validated(online["settings"], str(checkpoint), FinetuneSettings) if resume else FinetuneSettings()
     settings = settings or saved
     if resume:  # only the length of the run may change
-        settings = FinetuneSettings(**{**asdict(saved), "env_steps": settings.env_steps})
-    settings.check()
+        settings = saved.model_copy(update={"env_steps": settings.env_steps})
     run = OnlineRun(checkpoint, settings, run_dir, payload)
     probe = make_env(run.env_id)
     check_row_aligned(probe)
     probe.close()
     run.run_dir.mkdir(parents=True, exist_ok=True)
     (run.run_dir / "finetune.json").write_text(
-        json.dumps({"source": run.source, **asdict(settings)}, indent=2) + "\n"
+        json.dumps({"source": run.source, **settings.model_dump()}, indent=2) + "\n"
     )
     writer = SummaryWriter(run.run_dir / "tb")
     env_fn = partial(make_env, run.env_id, time_limit(run.env_id, settings.max_steps))
