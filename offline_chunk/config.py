@@ -206,11 +206,11 @@ def load_config(agent: str, preset: str = "default", overrides: list[str] | tupl
 
 def with_overrides(cfg: RunConfig, overrides: list[str] | tuple) -> RunConfig:
     """A copy of `cfg` with `key=value` overrides applied and checked."""
-    resolved = cfg.model_dump()
+    resolved, result = cfg.model_dump(), cfg.model_copy(deep=True)
     for assignment in overrides:
         _override(resolved, assignment)
-        validated(resolved, f"override {assignment!r}")
-    return RunConfig.model_validate(resolved)
+        result = validated(resolved, f"override {assignment!r}")
+    return result
 
 
 def read_config(path) -> RunConfig:

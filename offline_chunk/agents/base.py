@@ -22,6 +22,9 @@ from pydantic import Field
 from torch import nn
 
 from offline_chunk.agents.targets import (
+    Backup,
+    LowerBound,
+    QAggregation,
     aggregate,
     backup_value,
     best_candidate,
@@ -45,6 +48,7 @@ def adam(params, lr: float) -> torch.optim.Adam:
 
 
 LrSchedule = Literal["constant", "cosine", "linear", "constant_with_warmup"]  # diffusers' get_scheduler
+WhichActor = Literal["online", "ema"]  # the online actor or its EMA copy
 
 
 class AgentConfig(Section):
@@ -301,7 +305,7 @@ class CandidateActConfig(Section):
     """Acting by Q over sampled candidate chunks (Diffusion-QL's and CPQL's sample_action; Q-chunking's
     best of N with `select: argmax`)."""
 
-    actor: Literal["online", "ema"] = "online"
+    actor: WhichActor = "online"
     """the actor that samples the candidates; official sample_action: the online actor"""
     candidates: int = Field(50, ge=1)
     """chunks sampled per state; official: 50, scored by the target critics' min"""
@@ -309,23 +313,23 @@ class CandidateActConfig(Section):
     """softmax: sample by softmax(Q) (official) | argmax: the best (Q-chunking's best of N)"""
     critic: Literal["target", "online"] = "target"
     """which critics score the candidates"""
-    q_agg: Literal["min", "mean"] = "min"
+    q_agg: QAggregation = "min"
     """over the ensemble"""
 
 
 class DiffusionAgentConfig(TargetSchedule, AgentConfig):
     """Diffusion-QL and CPQL: a diffusion-family actor, backups over sampled candidates, the Q term."""
 
-    backup: Literal["min", "mean", "max_of_n", "best_of_n", "sarsa"] = "min"
+    backup: Backup = "min"
     """the critic target's value of s' (targets.py); official: min over the 2 critics (max_of_n with 10
     candidates on AntMaze)"""
     backup_candidates: int = Field(10, ge=1)
     """N next chunks for max_of_n and best_of_n"""
-    q_agg: Literal["min", "mean"] = "min"
+    q_agg: QAggregation = "min"
     """best_of_n: ensemble aggregation choosing and valuing (QC: mean)"""
-    target_lower_bound: Literal["none", "monte_carlo"] = "none"
+    target_lower_bound: LowerBound = "none"
     """monte_carlo: y = max(y, recorded return from t) (MCAC, Wilcox et al. 2022)"""
-    target_actor: Literal["online", "ema"] = "online"
+    target_actor: WhichActor = "online"
     """the actor that samples the critic target's next chunks"""
     bc_weight: float = 1.0
     """actor loss = bc_weight · L_bc + eta · L_q"""

@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from offline_chunk.agents.base import DiffusionAgentConfig, DiffusionChunkAgent
+from offline_chunk.agents.base import DiffusionAgentConfig, DiffusionChunkAgent, WhichActor
 from offline_chunk.policies import ConsistencyConfig
 
 
@@ -28,7 +28,7 @@ class CPQLConfig(DiffusionAgentConfig):
     """The official code computes the consistency loss but back-propagates the SNR-weighted reconstruction
     loss of the consistency-parametrised denoiser (distance to the recorded chunk): `recon`. `consistency`:
     against the EMA actor, the consistency-training loss."""
-    target_actor: Literal["online", "ema"] = "online"
+    target_actor: WhichActor = "online"
     """the actor that samples the critic target's next chunks; official: the online actor"""
     eta: float = Field(1.0, ge=0)
     """the Q term's weight; official per-task table 0.1-4.5, 1.0 for most locomotion tasks"""

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from offline_chunk.agents.base import DiffusionAgentConfig, DiffusionChunkAgent, LrSchedule
+from offline_chunk.agents.base import DiffusionAgentConfig, DiffusionChunkAgent, LrSchedule, WhichActor
 from offline_chunk.policies import DDPMConfig
 
 
@@ -22,7 +22,7 @@ class DQLConfig(DiffusionAgentConfig):
 
     name: Literal["dql"] = "dql"
     policy: DDPMConfig = DDPMConfig()
-    target_actor: Literal["online", "ema"] = "ema"
+    target_actor: WhichActor = "ema"
     """the actor that samples the critic target's next chunks; official: the EMA actor"""
     eta: float = Field(1.0, ge=0)
     """the Q term's weight; official per-task table 0.005-3.5, 1.0 for halfcheetah/hopper-medium"""

@@ -22,11 +22,15 @@ data/returns.py): y ← max(y, L_t).
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 
-BACKUPS = ("min", "mean", "max_of_n", "best_of_n", "sarsa")
-Q_AGGREGATIONS = ("mean", "min")
-LOWER_BOUNDS = ("none", "monte_carlo")
+# The choices, as the config types that check them and as tuples for these functions' own checks.
+Backup = Literal["min", "mean", "max_of_n", "best_of_n", "sarsa"]
+QAggregation = Literal["min", "mean"]
+LowerBound = Literal["none", "monte_carlo"]
+BACKUPS, Q_AGGREGATIONS = get_args(Backup), get_args(QAggregation)
 
 
 def batch_fields(agent_cfg) -> dict[str, bool]:

@@ -21,7 +21,7 @@ import torch
 from pydantic import Field
 
 from offline_chunk.agents.base import AgentConfig, ChunkAgent, Dims, SingleChunkActConfig
-from offline_chunk.agents.targets import lerp_parameters_
+from offline_chunk.agents.targets import LowerBound, lerp_parameters_
 from offline_chunk.data.normalize import Normalizer
 from offline_chunk.policies import DeterministicTransformerConfig
 from offline_chunk.policies.base import per_sample_mean
@@ -38,7 +38,7 @@ class TD3BCConfig(AgentConfig):
 
     name: Literal["td3bc"] = "td3bc"
     policy: DeterministicTransformerConfig = DeterministicTransformerConfig()
-    target_lower_bound: Literal["none", "monte_carlo"] = "none"
+    target_lower_bound: LowerBound = "none"
     """monte_carlo: y = max(y, recorded return from t) (MCAC, Wilcox et al. 2022)"""
     alpha: float = Field(2.5, ge=0)
     """lambda = alpha / mean|Q| in the actor loss -lambda Q + BC"""
