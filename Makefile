@@ -28,7 +28,7 @@ empty :=
 space := $(empty) $(empty)
 OVERRIDES = $(subst ^,$(space),$(filter-out $(OWN_VARIABLES),$(subst \$(space),^,$(MAKEOVERRIDES))))
 
-.PHONY: install lock test-portability dataset train eval finetune benchmark test test-all bench bench-scaling bench-data lint clean help
+.PHONY: install lock test-portability dataset train eval finetune benchmark test test-all bench bench-images bench-scaling bench-data lint clean help
 
 help:
 	@echo "make install                    create $(VENV) with torch and every extra"
@@ -42,6 +42,7 @@ help:
 	@echo "make lock                       re-resolve the newest versions into $(LOCK)"
 	@echo "make test-all                   also the slow tests"
 	@echo "make bench [AGENT=a,b] [DEVICE=cpu|cuda] [CONFIG=default,matched,gpu,qc,qc_cpu]  update speed table + JSON"
+	@echo "make bench-images [AGENT=a,b] [DEVICE=cpu|cuda]  the same with cameras: 64 px x 1 and 84 px x 2"
 	@echo "make bench-scaling [AGENT=cpql] [DEVICE=...]  updates/s against batch size and H"
 	@echo "make bench-data                 chunk-index and sampler benchmarks"
 
@@ -120,6 +121,10 @@ CONFIG ?= default,matched
 bench: $(STAMP)
 	$(PY) -m offline_chunk bench $(if $(filter command line,$(origin AGENT)),--agent $(AGENT)) --device $(DEVICE) \
 		--config $(CONFIG) --out benchmarks/last_speed_$(DEVICE) $(OVERRIDES) $(ARGS)
+
+bench-images: $(STAMP)
+	$(PY) -m offline_chunk bench $(if $(filter command line,$(origin AGENT)),--agent $(AGENT)) --device $(DEVICE) \
+		--config matched --cameras 64:1,84:2 --out benchmarks/last_speed_images_$(DEVICE) $(OVERRIDES) $(ARGS)
 
 bench-scaling: $(STAMP)
 	$(PY) -m offline_chunk bench --scaling --agent $(AGENT) --device $(DEVICE) \

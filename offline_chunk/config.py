@@ -79,6 +79,9 @@ class RunConfig(Section):
     eval_workers: int = Field(2, ge=1)
     eval_max_steps: int | None = None
     """null: the environment's own time limit"""
+    frame_budget_mb: float | None = Field(None, gt=0)
+    """camera frames held in memory at most; a store with more streams them from disk through a buffer of
+    this size (data/streaming.py). null: half the memory available at the start (host, and CUDA's)"""
 
 
 # ------------------------------------------------------------------ YAML with YAML 1.2's numbers

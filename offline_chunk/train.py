@@ -8,6 +8,7 @@ on the device since the last log are read in one transfer.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from offline_chunk.checkpoint import (
 from offline_chunk.config import RunConfig
 from offline_chunk.data.dataset import OfflineRLDataset
 from offline_chunk.data.normalize import Normalizer
+from offline_chunk.data.store import frame_bytes
 from offline_chunk.errors import ConfigError, DivergenceError
 
 
@@ -52,8 +54,9 @@ class Run:
     def checkpoint(self, name: str | None = None) -> Path:
         path = self.run_dir / "checkpoints" / (name or f"step_{self.step:08d}.pt")
         store = store_provenance(self.cfg.dataset, self.dataset.data.attrs)
+        stream = {"stream": self.sampler.state()} if hasattr(self.sampler, "state") else None
         return save_checkpoint(
-            path, self.agent, self.cfg, self.step, self.sampler.generator, store, self.train_seconds
+            path, self.agent, self.cfg, self.step, self.sampler.generator, store, self.train_seconds, stream
         )
 
 
@@ -123,38 +126,70 @@ def later_checkpoints(directory: Path, step: int) -> list[str]:
     return later
 
 
-def check_cameras(store, dataset: OfflineRLDataset) -> None:
-    """The networks read low-dimensional observations only (camera encoders are not written yet): a store
-    of cameras alone is refused, and one with both trains on its low-dimensional keys, saying so."""
-    cameras = list(dataset.data.images)
-    if cameras and dataset.obs_dim == 0:
+def image_shapes(dataset: OfflineRLDataset) -> dict[str, list[int]]:
+    """Each camera's frame shape (H, W, C), in the store's order."""
+    return {camera: list(frames.shape[1:]) for camera, frames in dataset.data.images.items()}
+
+
+def check_shapes(store, dataset: OfflineRLDataset, dims: Dims) -> None:
+    """A resumed or fine-tuned checkpoint's networks take the store's observation, action and frame shapes."""
+    ours = (dataset.obs_dim, dataset.action_dim, image_shapes(dataset))
+    theirs = (dims.obs_dim, dims.action_dim, {k: list(v) for k, v in dims.image_shapes.items()})
+    if ours != theirs:
         raise ConfigError(
-            f"{store}: observations are camera frames only ({cameras}); the agents need low-dimensional keys"
+            f"{store}: observations {ours[0]} and actions {ours[1]} wide, cameras {ours[2]}; the "
+            f"checkpoint's networks take {theirs[0]} and {theirs[1]}, cameras {theirs[2]}"
         )
-    if cameras:
-        print(f"note         {store}: the networks do not read cameras {cameras}, only the other keys")
+
+
+def frame_budget_bytes(cfg: RunConfig, device: torch.device) -> float:
+    """`frame_budget_mb`, or half the memory available now (of the host, and of the CUDA device)."""
+    if cfg.frame_budget_mb is not None:
+        return cfg.frame_budget_mb * 2**20
+    available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if device.type == "cuda":
+        available = min(available, torch.cuda.mem_get_info(device)[0])
+    return available / 2
+
+
+def build_sampler(cfg: RunConfig, device: torch.device):
+    """The dataset and its batch sampler: frames in memory, or streamed when they exceed the budget."""
+    budget, frames = frame_budget_bytes(cfg, device), frame_bytes(cfg.dataset)
+    stream = frames > budget
+    dataset = OfflineRLDataset(
+        cfg.dataset, cfg.horizon, cfg.obs_horizon, cfg.gamma, cfg.drop_partial, lazy_frames=stream
+    )
+    fields = batch_fields(cfg.agent)
+    if not stream:
+        cameras = bool(dataset.data.images)
+        return dataset, dataset.sampler(
+            cfg.batch_size, device=device, seed=cfg.seed, images=cameras, **fields
+        )
+    sampler = dataset.streaming_sampler(budget, cfg.batch_size, device, cfg.seed, **fields)
+    print(
+        f"streaming    {frames / 2**20:,.4g} MB of frames over a budget of {budget / 2**20:,.4g} MB: "
+        f"{sampler.slots} blocks of {sampler.block_rows} rows resident, one swapped every "
+        f"{sampler.swap_every} batches"
+    )
+    return dataset, sampler
 
 
 def build_run(cfg: RunConfig, resume: dict | None = None) -> Run:
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    dataset = OfflineRLDataset(cfg.dataset, cfg.horizon, cfg.obs_horizon, cfg.gamma, cfg.drop_partial)
-    check_cameras(cfg.dataset, dataset)
-    sampler = dataset.sampler(cfg.batch_size, device=device, seed=cfg.seed, **batch_fields(cfg.agent))
+    dataset, sampler = build_sampler(cfg, device)
     if resume is None:
-        dims = Dims(dataset.obs_dim, cfg.obs_horizon, dataset.action_dim, cfg.horizon)
+        dims = Dims(dataset.obs_dim, cfg.obs_horizon, dataset.action_dim, cfg.horizon, image_shapes(dataset))
         normalizer = Normalizer.from_data(dataset.data)
         agent = make_agent(cfg.agent, dims, normalizer, cfg.steps).to(device)
         step = 0
     else:
         dims = Dims(**resume["dims"])
-        if (dataset.obs_dim, dataset.action_dim) != (dims.obs_dim, dims.action_dim):
-            raise ConfigError(
-                f"{cfg.dataset}: observations {dataset.obs_dim} and actions {dataset.action_dim} wide, "
-                f"the checkpoint's networks take {dims.obs_dim} and {dims.action_dim}"
-            )
+        check_shapes(cfg.dataset, dataset, dims)
         agent = agent_from_payload({**resume, "config": cfg}, device)
         restore_rng_state(resume["rng"], sampler.generator)
+        if "stream" in resume:
+            sampler.restore(resume["stream"])
         step = resume["step"]
     train_seconds = resume.get("train_seconds", 0.0) if resume is not None else 0.0
     agent.configure_execution(cfg.compile, cfg.precision)

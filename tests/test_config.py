@@ -77,7 +77,8 @@ def test_per_agent_sections_name_known_agents(presets):
         ("agent.eta=-1", "agent.eta: Input should be greater than or equal to 0 (got -1)"),
         (
             "agent.feature_dm=3",
-            "unknown config key 'agent.feature_dm' (did you mean agent.policy.feature_dim",
+            "unknown config key 'agent.feature_dm' "
+            "(did you mean agent.vision.feature_dim, agent.policy.feature_dim",
         ),
         ("agent.alpha=3", "unknown config key 'agent.alpha'"),  # td3bc's, not cpql's
         ("eta", "override 'eta' is not key=value"),

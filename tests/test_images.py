@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from offline_chunk.data.dataset import OfflineRLDataset
 from offline_chunk.data.store import FRAMES_PER_CHUNK, StepData, open_store, write_store
-from offline_chunk.errors import ConfigError, DataError
+from offline_chunk.errors import DataError
 
 
 def camera_data(rng, lengths, obs_dim=3, cameras=(("front", (6, 5, 3)), ("wrist", (4, 4, 1)))) -> StepData:
@@ -107,16 +107,6 @@ def test_batches_carry_uint8_frames_when_asked():
         batch["images"]["front"].shape == (16, 2, 3, 6, 5) and batch["images"]["wrist"].dtype == torch.uint8
     )
     assert "images" not in dataset.sampler(16, seed=0).sample()  # only when asked
-
-
-def test_training_refuses_a_store_of_cameras_only(tmp_path):
-    from helpers import tiny_config
-
-    from offline_chunk.train import build_run
-
-    store = write_store(camera_data(np.random.default_rng(5), [12], obs_dim=0), tmp_path / "only.zarr")
-    with pytest.raises(ConfigError, match="camera frames only"):
-        build_run(tiny_config("cpql", store, tmp_path / "run"))
 
 
 def pusht_like_zarr(path, frames):

@@ -207,3 +207,20 @@ def test_generator_gives_up_on_unhealthy_scenes(monkeypatch):
     monkeypatch.setattr(ogbench_generate, "MAX_ATTEMPTS", 2)
     with pytest.raises(DataError, match="scene-v0: no healthy episode in 2 tries"):
         load_source("ogbench:scene-play-singletask-task2-v0?episodes=1&steps=5&workers=1", progress=False)
+
+
+def test_a_visual_dataset_records_the_frames_of_the_same_episodes(generated_store):
+    """OGBench's pixel twin (visual-scene-v0) under the same seeds: the same actions, states and rewards as
+    the state-based episodes, with 64 x 64 frames as the only observation."""
+    from offline_chunk.rendering import find_gl_backend
+
+    if find_gl_backend()[0] is None:
+        pytest.skip("no MuJoCo GL backend renders here")
+    visual = load_source(f"ogbench:visual-{SCENE_SPEC.removeprefix('ogbench:')}&workers=1", progress=False)
+    assert visual.obs.shape == (2 * STEPS, 0) and list(visual.images) == ["image"]
+    frames = visual.images["image"]
+    assert frames.shape == (2 * STEPS, 64, 64, 3) and frames.dtype == np.uint8 and frames.std() > 10
+    np.testing.assert_array_equal(visual.action, generated_store.action)
+    np.testing.assert_array_equal(visual.reward, generated_store.reward)
+    np.testing.assert_array_equal(visual.extras["qpos"], generated_store.extras["qpos"])
+    assert visual.attrs["env_id"] == "visual-scene-singletask-task2-v0"

@@ -74,3 +74,16 @@ def test_flop_count_of_a_matrix_product_and_its_backward_by_hand():
         (a @ b).sum().backward()
     # forward a @ b: 2·64·32·16; backward: only b needs a gradient, aᵀ @ grad: 2·32·64·16
     assert counter.total == 2 * 64 * 32 * 16 * 2
+
+
+def test_bench_camera_rows_count_the_encoders_convolutions(tmp_path):
+    """A row with one 16 px camera: the update's FLOPs include DrQ-v2's four convolutions on the batch's s
+    and s' frames, by hand 7·7·32·27 + 5·5·32·288 + 3·3·32·288 + 1·1·32·288 multiply-adds per frame."""
+    out = tmp_path / "speed"
+    args = ["bench", "--agent", "td3bc", "--config", "matched", "--device", "cpu", "--blocks", "1"]
+    assert main([*args, "--block-updates", "1", "--cameras", "16:1", "--out", str(out)]) == 0
+    result = json.loads(out.with_suffix(".json").read_text())["results"][0]
+    assert result["cameras"] == "1 x 16x16"
+    conv_macs = 7 * 7 * 32 * 27 + 5 * 5 * 32 * 288 + 3 * 3 * 32 * 288 + 1 * 1 * 32 * 288
+    assert result["gflop_per_update"] * 1e9 > 2 * conv_macs * 2 * 256
+    assert "| 1 x 16x16 |" in out.with_suffix(".md").read_text()

@@ -12,12 +12,13 @@ tensors for the training loop to read at its log interval.
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 import torch
 from diffusers.optimization import get_scheduler
+from einops import rearrange
 from pydantic import Field
 from torch import nn
 
@@ -37,6 +38,7 @@ from offline_chunk.agents.targets import (
 from offline_chunk.data.normalize import Normalizer
 from offline_chunk.execution import CompiledWithFallback, autocast_context, compile_enabled
 from offline_chunk.nets.critic import ChunkCriticEnsemble, CriticConfig
+from offline_chunk.nets.vision import ImageEncoder, VisionConfig
 from offline_chunk.policies import make_policy
 from offline_chunk.sections import Section
 
@@ -70,6 +72,8 @@ class AgentConfig(Section):
     """gradient clipping norm (.inf: no clipping; the norm is still logged)"""
     tau: float = Field(0.005, gt=0, le=1)
     """critic target: Polyak rate"""
+    vision: VisionConfig = VisionConfig()
+    """camera encoders, when the store has cameras"""
 
 
 class TargetSchedule(Section):
@@ -90,10 +94,24 @@ class SingleChunkActConfig(Section):
 
 @dataclass(frozen=True)
 class Dims:
+    """The data's shapes: low-dimensional observation width D, history To, action width A, chunk length H,
+    and each camera's frame shape (H, W, C) in the store's order."""
+
     obs_dim: int
     obs_horizon: int
     action_dim: int
     horizon: int
+    image_shapes: dict[str, list[int]] = field(default_factory=dict)
+
+    def networks(self, feature_dim: int) -> dict[str, int]:
+        """The shapes the actor and critics are built for: observation rows of D low-dimensional values and
+        `feature_dim` camera features."""
+        return {
+            "obs_dim": self.obs_dim + feature_dim,
+            "obs_horizon": self.obs_horizon,
+            "action_dim": self.action_dim,
+            "horizon": self.horizon,
+        }
 
 
 class ChunkAgent(nn.Module):
@@ -112,10 +130,12 @@ class ChunkAgent(nn.Module):
         self.dims, self.cfg = dims, self.Config.model_validate(cfg)
         cfg = self.cfg
         self.normalizer = normalizer
-        self.actor = make_policy(cfg.policy, **asdict(dims))
+        self.encoder = ImageEncoder(dims.image_shapes, cfg.vision) if dims.image_shapes else None
+        shapes = dims.networks(self.encoder.feature_dim if self.encoder is not None else 0)
+        self.actor = make_policy(cfg.policy, **shapes)
         critic_cfg = cfg.critic.model_dump()
         self.critic = ChunkCriticEnsemble(
-            dims.obs_dim,
+            shapes["obs_dim"],
             dims.obs_horizon,
             dims.action_dim,
             size=critic_cfg.pop("ensemble"),
@@ -125,11 +145,16 @@ class ChunkAgent(nn.Module):
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.actor_opt = adam(self.actor.parameters(), cfg.lr)
         self.critic_opt = adam(self.critic.parameters(), cfg.lr)
+        trained = [self.actor_opt, self.critic_opt]
+        if self.encoder is not None:  # DrQ-v2's encoder_opt, stepped with the critics' (ImageEncoder)
+            self.encoder_opt = adam(self.encoder.parameters(), cfg.lr)
+            self.optimizers = (*type(self).optimizers, "encoder_opt")
+            trained.append(self.encoder_opt)
         self.schedulers = [
             get_scheduler(
                 cfg.lr_schedule, opt, num_warmup_steps=cfg.lr_warmup, num_training_steps=total_steps
             )
-            for opt in (self.actor_opt, self.critic_opt)
+            for opt in trained
         ]
         self.num_updates = 0
         self.autocast = autocast_context(torch.device("cpu"), "fp32")
@@ -151,17 +176,21 @@ class ChunkAgent(nn.Module):
         separate methods so that `make bench` can time each."""
         obs, actions, next_obs = self.normalized(batch)
         metrics = self.update_critic(obs, actions, next_obs, batch)
-        metrics.update(self.update_actor(obs, actions, batch["action_mask"]))
+        metrics.update(self.update_actor(obs.detach(), actions, batch["action_mask"]))
         self.finish_update()
         return metrics
 
     def normalized(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Observations, action chunks and next observations of a batch in the networks' units."""
-        return (
-            self.normalizer.obs(batch["observations"]),
-            self.normalizer.action(batch["actions"]),
-            self.normalizer.obs(batch["next_observations"]),
-        )
+        """Observations, action chunks and next observations of a batch in the networks' units. With
+        cameras, each observation row is followed by its frames' features from augmented frames (drawn
+        apart for s and s'), with gradient for s only (ImageEncoder); the actor takes them detached."""
+        obs = self.normalizer.obs(batch["observations"])
+        next_obs = self.normalizer.obs(batch["next_observations"])
+        if self.encoder is not None:
+            obs = torch.cat([obs, self.encoder(batch["images"], train=True)], dim=-1)
+            with torch.no_grad():
+                next_obs = torch.cat([next_obs, self.encoder(batch["next_images"], train=True)], dim=-1)
+        return obs, self.normalizer.action(batch["actions"]), next_obs
 
     def finish_update(self) -> None:
         """Count the update, move the targets on their schedules, step the learning-rate schedules."""
@@ -192,7 +221,10 @@ class ChunkAgent(nn.Module):
 
     def update_critic(self, obs, actions, next_obs, batch) -> dict[str, torch.Tensor]:
         loss, metrics = self.critic_objective(obs, actions, next_obs, batch)
-        return {**metrics, "critic/grad_norm": self._step(self.critic_opt, self.critic, loss)}
+        if self.encoder is None:
+            return {**metrics, "critic/grad_norm": self._step(self.critic_opt, self.critic, loss)}
+        grad_norm = self._step(self.critic_opt, self.critic, loss, also=(self.encoder_opt, self.encoder))
+        return {**metrics, "critic/grad_norm": grad_norm}
 
     def critic_objective(self, obs, actions, next_obs, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The critic loss against the chunk Bellman target, and its metrics (what `compile` compiles)."""
@@ -227,11 +259,19 @@ class ChunkAgent(nn.Module):
     def actor_loss(self, obs, actions, action_mask) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
 
-    def _step(self, optimizer, module: nn.Module, loss: torch.Tensor) -> torch.Tensor:
-        optimizer.zero_grad(set_to_none=True)
+    def _step(self, optimizer, module: nn.Module, loss: torch.Tensor, also=None) -> torch.Tensor:
+        """A gradient step of `module` on `loss`, clipped to `grad_norm` (and of the (optimizer, module)
+        `also` that the same loss trains, clipped together with it)."""
+        optimizers, params = [optimizer], list(module.parameters())
+        if also is not None:
+            optimizers.append(also[0])
+            params += list(also[1].parameters())
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = nn.utils.clip_grad_norm_(module.parameters(), self.cfg.grad_norm, foreach=True)
-        optimizer.step()
+        grad_norm = nn.utils.clip_grad_norm_(params, self.cfg.grad_norm, foreach=True)
+        for opt in optimizers:
+            opt.step()
         return grad_norm.detach()
 
     def update_targets(self) -> None:
@@ -246,27 +286,57 @@ class ChunkAgent(nn.Module):
         """A float32 tensor on the agent's device, from a tensor or a numpy array (what a notebook holds)."""
         return torch.as_tensor(array, dtype=torch.float32, device=next(self.parameters()).device)
 
+    def network_obs(self, observations: torch.Tensor, images=None) -> torch.Tensor:
+        """(B, To, D) observations and frames {camera: (B, To, H, W, C) uint8} in environment units -> the
+        networks' observation rows (normalized, then the cameras' features without augmentation)."""
+        if observations.dim() != 3 or observations.shape[1:] != (self.dims.obs_horizon, self.dims.obs_dim):
+            raise ValueError(
+                f"observations: expected (B, To, D) with To = {self.dims.obs_horizon}, "
+                f"D = {self.dims.obs_dim}, got {tuple(observations.shape)}"
+            )
+        obs = self.normalizer.obs(observations)
+        if self.encoder is None:
+            return obs
+        missing = [camera for camera in self.encoder.cameras if camera not in (images or {})]
+        if missing:
+            raise ValueError(f"this agent reads cameras {self.encoder.cameras}: images= lacks {missing}")
+        frames = {}
+        for camera in self.encoder.cameras:
+            camera_frames = torch.as_tensor(images[camera], device=obs.device)
+            if camera_frames.dtype != torch.uint8 or camera_frames.shape[:2] != obs.shape[:2]:
+                raise ValueError(
+                    f"images[{camera!r}]: expected uint8 frames (B, To, H, W, C) with (B, To) = "
+                    f"{tuple(obs.shape[:2])}, got {camera_frames.dtype} {tuple(camera_frames.shape)}"
+                )
+            frames[camera] = rearrange(camera_frames, "b t h w c -> b t c h w")
+        return torch.cat([obs, self.encoder(frames)], dim=-1)
+
     @torch.no_grad()
-    def q_value(self, observations, actions, reduce: str = "min"):
+    def q_value(self, observations, actions, reduce: str = "min", images=None):
         """Q(s_t, a_t..a_{t+H-1}) in environment units: observations (B, To, D), actions (B, H, A), tensors
-        or numpy arrays; the result is of the same kind.
+        or numpy arrays; the result is of the same kind. A camera agent also takes `images`
+        {camera: (B, To, H, W, C) uint8}.
 
         reduce: 'min' (B,) the pessimistic value the agent backs up, 'mean' (B,), or 'none' (K, B) one
         value per critic. The online critics are used; critics that score a prefix of the chunk
         (`critic_view`, e.g. chunk_sac with critic_input=first_action) give the value of that prefix."""
         obs, chunks = self._as_tensor(observations), self._as_tensor(actions)
-        q = self.critic(self.normalizer.obs(obs), self.critic_view(self.normalizer.action(chunks)))
+        q = self.critic(self.network_obs(obs, images), self.critic_view(self.normalizer.action(chunks)))
         q = {"min": lambda: q.min(dim=0).values, "mean": lambda: q.mean(dim=0), "none": lambda: q}[reduce]()
         return q.cpu().numpy() if isinstance(observations, np.ndarray) else q
 
     @torch.no_grad()
-    def act(self, observation_history, explore: float | None = None):
+    def act(self, observation_history, explore: float | None = None, images=None):
         """Action chunk(s) in environment units: (To, D) -> (H, A), or a batch (B, To, D) -> (B, H, A); a
-        tensor or a numpy array in, the same kind out. `explore` (collecting experience online): a chunk
+        tensor or a numpy array in, the same kind out. A camera agent also takes `images`, each camera's
+        frames (To, H, W, C) or (B, To, H, W, C) uint8. `explore` (collecting experience online): a chunk
         of `explore_chunk` with that noise scale instead of the one the agent would execute."""
         history = self._as_tensor(observation_history)
         single = history.dim() == 2
-        obs = self.normalizer.obs(history[None] if single else history)
+        if single:
+            history = history[None]
+            images = {camera: torch.as_tensor(frames)[None] for camera, frames in (images or {}).items()}
+        obs = self.network_obs(history, images)
         chunk = self.choose_chunk(obs) if explore is None else self.explore_chunk(obs, explore)
         chunk = self.normalizer.unnormalize_action(chunk.clamp(-1, 1))
         chunk = chunk[0] if single else chunk

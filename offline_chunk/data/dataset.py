@@ -207,15 +207,20 @@ class OfflineRLDataset(Dataset):
         obs_horizon: int = 1,
         gamma: float = 0.99,
         drop_partial: bool = True,
+        lazy_frames: bool = False,
     ):
+        """`lazy_frames`: the cameras stay on disk (zarr arrays): items read their frames from there, and
+        training streams them (`streaming_sampler`)."""
         if obs_horizon < 1:
             raise ValueError(f"obs_horizon must be >= 1, got {obs_horizon}")
-        self.data = store if isinstance(store, StepData) else open_store(store)
+        self.data = store if isinstance(store, StepData) else open_store(store, lazy_frames=lazy_frames)
+        self.lazy_frames = lazy_frames
         self.horizon, self.obs_horizon, self.gamma = int(horizon), int(obs_horizon), float(gamma)
         self.index = build_chunk_index(
             self.data.reward, self.data.terminal, self.data.episode_ends, horizon, gamma, drop_partial
         )
-        self.tensors = ChunkTensors.build(self.data.obs, self.data.action, self.index, self.data.images)
+        in_memory = {} if lazy_frames else self.data.images
+        self.tensors = ChunkTensors.build(self.data.obs, self.data.action, self.index, in_memory)
 
     @property
     def obs_dim(self) -> int:
@@ -235,7 +240,26 @@ class OfflineRLDataset(Dataset):
         batch = gather_chunks(
             self.tensors, ids, self.horizon, self.obs_horizon, images=bool(self.tensors.images)
         )
+        if self.lazy_frames and self.data.images:
+            batch.update(self._frames_from_disk(ids))
         return {key: _first(value) for key, value in batch.items()}
+
+    def _frames_from_disk(self, ids: torch.Tensor) -> dict:
+        """`images` and `next_images` of transitions `ids`, read from the lazy zarr arrays."""
+        t = self.tensors
+        history = _history_rows(t.start[ids], t.episode_begin[ids], self.obs_horizon)
+        next_history = _history_rows(t.next_row[ids], t.episode_begin[ids], self.obs_horizon)
+
+        def read(rows: torch.Tensor) -> dict:
+            flat = rows.flatten().numpy()
+            return {
+                camera: torch.from_numpy(array.oindex[flat])
+                .permute(0, 3, 1, 2)
+                .reshape(*rows.shape, -1, *array.shape[1:3])
+                for camera, array in self.data.images.items()
+            }
+
+        return {"images": read(history), "next_images": read(next_history)}
 
     def sampler(
         self,
@@ -248,6 +272,8 @@ class OfflineRLDataset(Dataset):
         images: bool = False,
     ) -> ChunkSampler:
         """A device-resident batch sampler (what training uses); `images`: with the cameras' frames."""
+        if self.lazy_frames and images:
+            raise ValueError("the frames are on disk (lazy_frames=True): use streaming_sampler")
         return ChunkSampler(
             self.tensors,
             batch_size,
@@ -259,4 +285,34 @@ class OfflineRLDataset(Dataset):
             next_actions,
             return_bounds,
             images,
+        )
+
+    def streaming_sampler(
+        self,
+        budget_bytes: float,
+        batch_size: int,
+        device="cpu",
+        seed: int = 0,
+        next_actions: bool = False,
+        return_bounds: bool = False,
+    ):
+        """Batches as `sampler(images=True)`, the frames streamed from disk through a device buffer of
+        `budget_bytes` at most (data/streaming.py)."""
+        from offline_chunk.data.streaming import StreamingSampler
+
+        if not self.lazy_frames:
+            raise ValueError(
+                "streaming_sampler reads frames from disk: open the dataset with lazy_frames=True"
+            )
+        return StreamingSampler(
+            self.tensors,
+            self.data.images,
+            budget_bytes,
+            batch_size,
+            self.horizon,
+            self.obs_horizon,
+            device,
+            seed,
+            next_actions,
+            return_bounds,
         )

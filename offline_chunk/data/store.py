@@ -99,8 +99,8 @@ def _check_frames(path, name, frames, num_rows: int) -> None:
         raise DataError(
             path, f"has {frames.shape[-1]} channels (shape {frames.shape}), expected 3 (RGB) or 1", name
         )
-    if len(frames) != num_rows:
-        raise DataError(path, f"has {len(frames)} rows but data/action has {num_rows}", name)
+    if frames.shape[0] != num_rows:  # shape, not len: a lazily opened zarr array has no len()
+        raise DataError(path, f"has {frames.shape[0]} rows but data/action has {num_rows}", name)
 
 
 def _check_episode_ends(path, ends: np.ndarray, num_rows: int) -> None:
@@ -194,6 +194,22 @@ def read_array(path: Path, group, name: str) -> np.ndarray:
         raise DataError(path, f"is truncated or corrupt on disk ({type(exc).__name__}: {exc})", name) from exc
 
 
+def lazy_array(path: Path, group, name: str) -> zarr.Array:
+    """An array of the store, unread (checked to exist and to be an array)."""
+    if name not in group:
+        raise DataError(path, "required array is missing", name)
+    if not isinstance(group[name], zarr.Array):
+        raise DataError(path, "is a group, expected an array", name)
+    return group[name]
+
+
+def frame_bytes(path) -> int:
+    """The bytes of a store's camera frames, from the arrays' metadata (nothing is read)."""
+    path = Path(path)
+    group = open_group(path)
+    return sum(lazy_array(path, group, f"data/{camera}").nbytes for camera in image_keys_of(group))
+
+
 def obs_keys_of(group) -> list[str]:
     """Low-dimensional observation keys of a store: attrs['obs_keys'] (empty in a store of cameras only),
     else the single array data/obs."""
@@ -207,13 +223,15 @@ def image_keys_of(group) -> list[str]:
     return [str(k) for k in group.attrs.get("image_keys", [])]
 
 
-def open_store(path, extras: bool = False) -> StepData:
-    """Read and validate a store. Read-only: the input is never modified."""
+def open_store(path, extras: bool = False, lazy_frames: bool = False) -> StepData:
+    """Read and validate a store. Read-only: the input is never modified. `lazy_frames`: the cameras stay
+    zarr arrays, read when indexed (a store whose frames exceed memory; data/streaming.py)."""
     path = Path(path)
     group = open_group(path)
     attrs = dict(group.attrs.asdict())
     observations = {key: read_array(path, group, f"data/{key}") for key in obs_keys_of(group)}
-    images = {camera: read_array(path, group, f"data/{camera}") for camera in image_keys_of(group)}
+    read_frames = lazy_array if lazy_frames else read_array
+    images = {camera: read_frames(path, group, f"data/{camera}") for camera in image_keys_of(group)}
     arrays = {name: read_array(path, group, name) for name in REQUIRED}
     extra_arrays = {}
     if extras and "data" in group:

@@ -141,8 +141,9 @@ def cmd_bench(args) -> None:
         run_scaling(args.agent.split(",")[0], args.device, Path(args.out), ints(args.batch_sizes),
                     ints(args.horizons), args.blocks, args.block_updates, args.overrides)  # fmt: skip
     else:
+        cameras = args.cameras.split(",") if args.cameras else [""]
         run_bench(args.agent.split(","), args.config.split(","), args.device, Path(args.out), args.blocks,
-                  args.block_updates, args.overrides)  # fmt: skip
+                  args.block_updates, args.overrides, cameras)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -253,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     speed.add_argument("--blocks", type=int, default=5, help="timed blocks (median, min, max over them)")
     speed.add_argument("--block-updates", type=int, default=20, help="updates per timed block")
+    speed.add_argument(
+        "--cameras", default="", help="camera rows instead: side:count per row, e.g. 64:1,84:2 (RGB frames)"
+    )
     speed.add_argument("--scaling", action="store_true", help="updates/s against batch size and H instead")
     speed.add_argument("--batch-sizes", default="64,256,1024,4096", help="with --scaling")
     speed.add_argument("--horizons", default="1,2,5,8,16", help="with --scaling")

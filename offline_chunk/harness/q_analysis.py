@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from einops import rearrange
 
 from offline_chunk.agents import ChunkAgent
 from offline_chunk.checkpoint import agent_from_payload, pick_device, read_checkpoint
@@ -106,13 +107,22 @@ def _agent_and_gamma(agent: ChunkAgent | str | Path, gamma: float | None) -> tup
 @torch.no_grad()
 def _q_values(agent: ChunkAgent, dataset: OfflineRLDataset, ids: np.ndarray, reduce: str, batch_size: int):
     """Q of chunk transitions `ids`, gathered on the host by the data layer and evaluated on the agent's
-    device."""
+    device (with the frames of a camera store, handed over in environment units (B, To, H, W, C))."""
     device = next(agent.parameters()).device
+    cameras = bool(dataset.tensors.images)
     values = []
     for first in range(0, len(ids), batch_size):
         batch_ids = torch.as_tensor(ids[first : first + batch_size])
-        batch = gather_chunks(dataset.tensors, batch_ids, dataset.horizon, dataset.obs_horizon)
-        q = agent.q_value(batch["observations"].to(device), batch["actions"].to(device), reduce=reduce)
+        batch = gather_chunks(
+            dataset.tensors, batch_ids, dataset.horizon, dataset.obs_horizon, images=cameras
+        )
+        images = {
+            camera: rearrange(frames, "b t c h w -> b t h w c").to(device)
+            for camera, frames in batch.get("images", {}).items()
+        }
+        q = agent.q_value(
+            batch["observations"].to(device), batch["actions"].to(device), reduce=reduce, images=images
+        )
         values.append(q.double().cpu().numpy())
     return np.concatenate(values) if values else np.zeros(0)
 

@@ -16,6 +16,10 @@ Configurations: `default` (the CPU preset's networks), `matched` (sized like the
 CPQL networks: ~150k actor and ~300k critic parameters), `gpu` (the paper-scale preset's networks), and
 the recipes `qc` and `qc_cpu` whole (Q-chunking's QC: best of N with MLP critics, configs/train/qc*.yaml).
 `scaling` varies the batch size and H for one agent at `matched`.
+
+Camera rows (`--cameras 64:1,84:2`, `make bench-images`): the same measurements with RGB camera frames of
+that side and count beside the observations (the default DrQ-v2 encoders, random shift), on a store of
+IMAGE_ROWS rows so that its frames fit in memory; the split's `sample` column is the sampler's share.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from offline_chunk.data.store import StepData
 from offline_chunk.execution import CompiledWithFallback
 
 ROWS, EPISODE, OBS_DIM, ACTION_DIM = 100_000, 1_000, 40, 5
+IMAGE_ROWS = 10_000  # camera stores: 10 episodes (84 px, 2 cameras: 0.4 GB of frames)
 # Network sizes per configuration: the train preset whose networks are measured; everything else is the
 # default preset's (each agent's published settings). `matched` takes the quick preset's networks, sized
 # like the official Diffusion-QL and CPQL MLPs (160k actor, 2 x 149k critics): a one-level U-Net actor
@@ -52,16 +57,31 @@ CONFIGS = {"default": "default", "matched": "quick", "gpu": "gpu", "qc": "qc", "
 RECIPES = ("qc", "qc_cpu")
 
 
-def synthetic_dataset(horizon: int = 5) -> OfflineRLDataset:
+def synthetic_dataset(horizon: int = 5, cameras: str = "") -> OfflineRLDataset:
+    """The benchmark's store; `cameras` "side:count" (e.g. "84:2") adds that many RGB cameras."""
+    rows = ROWS if not cameras else IMAGE_ROWS
     rng = np.random.default_rng(0)
+    images = {}
+    if cameras:
+        side, count = (int(v) for v in cameras.split(":"))
+        images = {
+            f"camera{i}": rng.integers(0, 256, (rows, side, side, 3), dtype=np.uint8) for i in range(count)
+        }
     data = StepData(
-        observations={"obs": rng.normal(size=(ROWS, OBS_DIM)).astype(np.float32)},
-        action=rng.uniform(-1, 1, size=(ROWS, ACTION_DIM)).astype(np.float32),
-        reward=-(rng.random(ROWS) < 0.9).astype(np.float32),
-        terminal=rng.random(ROWS) < 0.001,
-        episode_ends=np.arange(EPISODE, ROWS + 1, EPISODE, dtype=np.int64),
+        observations={"obs": rng.normal(size=(rows, OBS_DIM)).astype(np.float32)},
+        action=rng.uniform(-1, 1, size=(rows, ACTION_DIM)).astype(np.float32),
+        reward=-(rng.random(rows) < 0.9).astype(np.float32),
+        terminal=rng.random(rows) < 0.001,
+        episode_ends=np.arange(EPISODE, rows + 1, EPISODE, dtype=np.int64),
+        images=images,
     )
     return OfflineRLDataset(data, horizon=horizon, obs_horizon=1, gamma=0.99)
+
+
+def camera_label(dataset: OfflineRLDataset) -> str:
+    """ "none", or e.g. "2 x 84x84" for the dataset's cameras."""
+    shapes = [frames.shape[1:3] for frames in dataset.data.images.values()]
+    return f"{len(shapes)} x {shapes[0][0]}x{shapes[0][1]}" if shapes else "none"
 
 
 def bench_config(agent: str, config: str, overrides: list[str] = ()) -> RunConfig:
@@ -106,11 +126,13 @@ def bench_setup(
     torch_device = pick_device(device if device != "auto" else cfg.device)
     torch.manual_seed(0)
     dataset = dataset or synthetic_dataset(horizon)
-    dims = Dims(OBS_DIM, 1, ACTION_DIM, horizon)
+    image_shapes = {camera: list(frames.shape[1:]) for camera, frames in dataset.data.images.items()}
+    dims = Dims(OBS_DIM, 1, ACTION_DIM, horizon, image_shapes)
     normalizer = Normalizer.from_data(dataset.data)
     built = make_agent(cfg.agent, dims, normalizer, total_steps=10**6).to(torch_device)
     built.configure_execution(cfg.compile, cfg.precision)
-    sampler = dataset.sampler(batch_size, device=torch_device, seed=0, **batch_fields(cfg.agent))
+    fields = batch_fields(cfg.agent)
+    sampler = dataset.sampler(batch_size, device=torch_device, seed=0, images=bool(image_shapes), **fields)
     return BenchSetup(built, sampler, torch_device, cfg)
 
 
@@ -126,6 +148,7 @@ class SpeedResult:
     horizon: int
     compile: bool
     precision: str
+    cameras: str  # "none", or count x side
     updates_per_s: float  # median over blocks
     updates_per_s_min: float
     updates_per_s_max: float
@@ -168,7 +191,7 @@ def time_split(setup: BenchSetup, updates: int) -> dict[str, float]:
         batch = timed("sample", setup.sampler.sample)
         obs, actions, next_obs = agent.normalized(batch)
         timed("critic", agent.update_critic, obs, actions, next_obs, batch)
-        timed("actor", agent.update_actor, obs, actions, batch["action_mask"])
+        timed("actor", agent.update_actor, obs.detach(), actions, batch["action_mask"])
         timed("targets", agent.finish_update)
     return {name: statistics.median(times) for name, times in phases.items()}
 
@@ -238,6 +261,7 @@ def measure(
         horizon=horizon,
         compile=isinstance(setup.agent.critic_objective, CompiledWithFallback),
         precision=setup.cfg.precision,
+        cameras=camera_label(dataset),
         updates_per_s=median,
         updates_per_s_min=min(rates),
         updates_per_s_max=max(rates),
@@ -264,14 +288,15 @@ def describe_device(device: torch.device) -> str:
 
 def format_table(results: list[SpeedResult]) -> str:
     header = (
-        "| agent | config | device | batch | H | updates/s median [min, max] | split ms sample / critic / "
-        "actor / targets | actor / critic params | GFLOP/update | achieved TFLOP/s | peak MB | h to 1M |"
+        "| agent | config | cameras | device | batch | H | updates/s median [min, max] | split ms sample / "
+        "critic / actor / targets | actor / critic params | GFLOP/update | achieved TFLOP/s | peak MB | "
+        "h to 1M |"
     )
-    lines = [header, "|" + "---|" * 12]
+    lines = [header, "|" + "---|" * 13]
     for r in results:
         split = " / ".join(f"{r.split_ms[k]:.2f}" for k in ("sample", "critic", "actor", "targets"))
         lines.append(
-            f"| {r.agent} | {r.config} | {r.device} | {r.batch_size} | {r.horizon} | "
+            f"| {r.agent} | {r.config} | {r.cameras} | {r.device} | {r.batch_size} | {r.horizon} | "
             f"{r.updates_per_s:.1f} [{r.updates_per_s_min:.1f}, {r.updates_per_s_max:.1f}] | {split} | "
             f"{r.actor_params:,} / {r.critic_params:,} | {r.gflop_per_update:.2f} | "
             f"{r.achieved_tflops:.3f} | {r.peak_memory_mb:.0f} ({r.memory_kind}) | "
@@ -301,15 +326,18 @@ def run_bench(
     blocks: int,
     block_updates: int,
     overrides: list[str] = (),
+    cameras: list[str] = ("",),
 ) -> Path:
-    dataset = synthetic_dataset()
+    """Each agent at each configuration, for each camera setting ("" none, or "side:count")."""
     results = []
-    for config in configs:
-        for agent in agents:
-            result = measure(agent, config, device, blocks=blocks, block_updates=block_updates,
-                             overrides=overrides, dataset=dataset)  # fmt: skip
-            print(format_table([result]).splitlines()[-1], flush=True)
-            results.append(result)
+    for camera_setting in cameras:
+        dataset = synthetic_dataset(cameras=camera_setting)
+        for config in configs:
+            for agent in agents:
+                result = measure(agent, config, device, blocks=blocks, block_updates=block_updates,
+                                 overrides=overrides, dataset=dataset)  # fmt: skip
+                print(format_table([result]).splitlines()[-1], flush=True)
+                results.append(result)
     report = write_results(results, out, "offline_chunk update speed")
     print(f"\n{format_table(results)}\n\nwritten: {report} and {report.with_suffix('.json')}")
     return report

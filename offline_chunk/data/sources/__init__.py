@@ -6,6 +6,7 @@ A source is named by a spec string: ``<location>[?key=value&key=value]``.
     data/hopper-medium-v2.hdf5                                   D4RL-style HDF5
     data/lift_ph.hdf5?obs_keys=robot0_eef_pos,object             robomimic HDF5
     data/pusht_cchi_v7_replay.zarr?obs_keys=state&reward=zeros   diffusion_policy zarr (reward= rule)
+    data/koch_pick_place?image_keys=observation.images.top       a local LeRobotDataset folder (v3.0, v2.1)
     ogbench:scene-play-singletask-task2-v0?episodes=20           generated with OGBench's oracles
 """
 
@@ -65,9 +66,14 @@ def parse_spec(spec: str) -> SourceSpec:
         return SourceSpec("ogbench_npz", location, options)
     if suffix in (".hdf5", ".h5"):
         return SourceSpec(_hdf5_kind(path), location, options)
+    if path.is_dir() and (path / "meta" / "info.json").is_file():
+        return SourceSpec("lerobot", location, options)
     if suffix == ".zarr" or path.is_dir():
         return SourceSpec("zarr_store", location, options)
-    raise DataError(path, "unknown source format (expected .npz, .hdf5/.h5, .zarr or ogbench:<name>)")
+    raise DataError(
+        path,
+        "unknown source format (expected .npz, .hdf5/.h5, .zarr, a LeRobotDataset folder or ogbench:<name>)",
+    )
 
 
 def load_source(spec: str, progress: bool = True) -> StepData:

@@ -9,6 +9,13 @@ The rows are laid out as an OGBench .npz file holds them and go through the same
 (`ogbench_npz.raw_to_step_data`), so the task's rewards come from OGBench's own relabelling.
 
 Episode i is seeded from (seed, i) alone, so the data do not depend on the number of workers.
+
+Visual datasets (``ogbench:visual-scene-play-singletask-task1-v0``): the same protocol in OGBench's pixel
+twin of the collection environment (``visual-scene-v0``: 64 x 64 frames of its `front_pixels` camera as
+observations; the oracles read the simulator state, not the observation). The frames become the store's
+camera `image`; there is no state vector, as in OGBench's visual datasets; the rewards are relabelled from
+the recorded simulator states. Rendering needs a MuJoCo GL backend (offline_chunk.rendering): the episodes
+are recorded in fresh worker processes that set it before importing MuJoCo.
 """
 
 from __future__ import annotations
@@ -18,13 +25,18 @@ import re
 import sys
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing import get_all_start_methods, get_context
 
 import numpy as np
 from tqdm import tqdm
 
-from offline_chunk.data.sources.ogbench_npz import check_reward_mode, raw_to_step_data, single_task_env_id
+from offline_chunk.data.sources.ogbench_npz import (
+    VISUAL_PREFIX,
+    check_reward_mode,
+    raw_to_step_data,
+    single_task_env_id,
+)
 from offline_chunk.data.store import StepData
 from offline_chunk.errors import DataError
 
@@ -56,6 +68,7 @@ class Collection:
     family: str  # scene, puzzle or cube
     steps: int  # rows per episode
     p_stack_range: tuple[float, float]
+    gl_backend: str | None = None  # visual environments: the MuJoCo GL backend their workers render with
 
 
 def load(spec, progress: bool = True) -> StepData:
@@ -73,6 +86,8 @@ def load(spec, progress: bool = True) -> StepData:
     seed = _int_option(name, "seed", options["seed"])
     collection = parse_dataset_name(name, steps)
     check_reward_mode(options["reward"], name)  # before minutes of generation, not after
+    if name.startswith(VISUAL_PREFIX):
+        collection = replace(collection, gl_backend=gl_backend_for(name))
     raw = generate(collection, episodes, seed, workers, progress)
     attrs = {
         "source_format": "ogbench_generate",
@@ -88,6 +103,15 @@ def load(spec, progress: bool = True) -> StepData:
         },
     }
     return raw_to_step_data(raw, f"ogbench:{name}", name, options["reward"], attrs)
+
+
+def gl_backend_for(name: str) -> str:
+    from offline_chunk.rendering import GL_HELP, find_gl_backend
+
+    backend, why = find_gl_backend()
+    if backend is None:
+        raise DataError(name, f"renders its observations, and {why}: {GL_HELP}")
+    return backend
 
 
 def default_workers() -> int:
@@ -111,7 +135,8 @@ def _positive_int(name: str, key: str, value) -> int:
 def parse_dataset_name(name: str, steps: int) -> Collection:
     """`<env>-play-singletask[-taskN]-v0` -> its collection environment `<env>-v0` and protocol details."""
     single_task_env_id(name)  # raises for names that are not single-task datasets
-    parts = name.split("-")
+    visual = name.startswith(VISUAL_PREFIX)
+    parts = name.removeprefix(VISUAL_PREFIX).split("-")
     pos = parts.index("singletask")
     env_parts, dataset_type = parts[: pos - 1], parts[pos - 1]
     if dataset_type != "play" or env_parts[0] not in FAMILIES or not re.fullmatch(r"v\d+", parts[-1]):
@@ -124,7 +149,8 @@ def parse_dataset_name(name: str, steps: int) -> Collection:
     p_stack_range = P_STACK_RANGES.get(size, (P_STACK_OTHER, P_STACK_OTHER))
     if env_parts[0] == "cube" and size not in P_STACK_RANGES:
         raise DataError(name, f"unknown cube environment size {size!r} (one of {list(P_STACK_RANGES)})")
-    collection = Collection("-".join([*env_parts, parts[-1]]), env_parts[0], steps, p_stack_range)
+    env_id = VISUAL_PREFIX * visual + "-".join([*env_parts, parts[-1]])
+    collection = Collection(env_id, env_parts[0], steps, p_stack_range)
     _check_registered(name, collection.env_id, single_task_env_id(name))
     return collection
 
@@ -152,7 +178,7 @@ def generate(collection: Collection, episodes: int, seed: int, workers: int, pro
     seeds = [episode_seed(seed, i) for i in range(episodes)]
     bar = tqdm(total=episodes, desc=f"generating {collection.env_id}", unit="episode", disable=not progress)
     with bar:
-        if workers == 1:
+        if workers == 1 and collection.gl_backend is None:
             recorded = _record_in_process(collection, seeds, bar)
         else:
             recorded = _record_in_pool(collection, seeds, workers, bar)
@@ -173,7 +199,7 @@ def _record_in_process(collection: Collection, seeds: list[int], bar) -> list[di
 def _record_in_pool(collection: Collection, seeds: list[int], workers: int, bar) -> list[dict]:
     pool = ProcessPoolExecutor(
         max_workers=min(workers, len(seeds)),
-        mp_context=_pool_context(),
+        mp_context=_pool_context() if collection.gl_backend is None else get_context("spawn"),
         initializer=_start_worker,
         initargs=(collection,),
     )
@@ -251,6 +277,8 @@ _worker_recorder: Recorder | None = None  # one per worker process, built by its
 
 def _start_worker(collection: Collection) -> None:
     global _worker_recorder
+    if collection.gl_backend is not None:  # a spawned process: MuJoCo is not imported yet
+        os.environ["MUJOCO_GL"] = collection.gl_backend
     _worker_recorder = Recorder(collection)
 
 
@@ -290,8 +318,10 @@ def _append_row(rows: dict, ob, action, done: bool, info: dict) -> None:
 
 
 def _rows_to_arrays(rows: dict) -> dict[str, np.ndarray]:
-    """Per-step lists -> arrays with the dtypes OGBench's files use."""
+    """Per-step lists -> arrays with the dtypes OGBench's files use (frames stay uint8)."""
     dtypes = {"terminals": bool, "button_states": np.int64}
+    if np.asarray(rows["observations"][0]).dtype == np.uint8:
+        dtypes["observations"] = np.uint8
     return {key: np.asarray(values, dtypes.get(key, np.float32)) for key, values in rows.items()}
 
 

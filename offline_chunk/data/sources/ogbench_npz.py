@@ -27,6 +27,8 @@ from offline_chunk.errors import DataError
 
 REQUIRED_KEYS = ("observations", "actions", "terminals")
 INFO_KEYS = ("qpos", "qvel", "button_states")
+VISUAL_PREFIX = "visual-"  # OGBench's pixel-observation twins of its environments and datasets
+PIXELS_KEY = "image"  # the camera key of a visual dataset's frames in the store
 REWARD_MODES = ("ogbench", "sparse")
 DISCOUNT_HINT = 0.99
 OGBENCH_CONVENTION = "ogbench singletask: reward = successes - subtasks; terminal where all subtasks succeed"
@@ -67,8 +69,10 @@ def raw_to_step_data(raw: dict, source, dataset_name: str | None, reward_mode: s
     if reward_mode == "sparse":
         reward = sparse_reward(reward)
         labels["reward_convention"] += SPARSE_CONVENTION
+    pixels = is_pixels(raw["observations"])  # OGBench's visual datasets: 64 x 64 frames, no state vector
     return StepData(
-        observations={"obs": np.asarray(raw["observations"], np.float32)},
+        observations={} if pixels else {"obs": np.asarray(raw["observations"], np.float32)},
+        images={PIXELS_KEY: raw["observations"]} if pixels else {},
         action=np.asarray(raw["actions"], np.float32),
         reward=reward.astype(np.float32),
         terminal=terminal,
@@ -76,6 +80,11 @@ def raw_to_step_data(raw: dict, source, dataset_name: str | None, reward_mode: s
         attrs={**attrs, **labels, "reward_mode": reward_mode, "discount_hint": DISCOUNT_HINT},
         extras={key: raw[key] for key in INFO_KEYS if key in raw},
     )
+
+
+def is_pixels(observations: np.ndarray) -> bool:
+    """Frames (N, H, W, C) uint8, as OGBench's visual datasets and environments give."""
+    return observations.ndim == 4 and observations.dtype == np.uint8
 
 
 def check_reward_mode(reward_mode: str, source) -> None:
@@ -108,16 +117,16 @@ def check_raw_arrays(raw: dict, source) -> None:
                 source, f"required array is missing (OGBench files hold {list(REQUIRED_KEYS)})", key
             )
     observations = raw["observations"]
-    if observations.ndim != 2:
+    if observations.ndim != 2 and not is_pixels(observations):
         raise DataError(
             source,
-            f"has shape {observations.shape}, expected (N, D) (pixel observations are not supported)",
+            f"has shape {observations.shape}, expected (N, D) states or (N, H, W, 3) uint8 frames",
             "observations",
         )
     num_rows = len(observations)
     if num_rows == 0:
         raise DataError(source, "has no rows", "observations")
-    ranks = {"observations": 2, "actions": 2, "terminals": 1, "rewards": 1, "masks": 1}
+    ranks = {"observations": observations.ndim, "actions": 2, "terminals": 1, "rewards": 1, "masks": 1}
     for key in (*ranks, *INFO_KEYS):
         if key in raw:
             _check_rows(source, raw, key, ranks.get(key, 2), num_rows)
@@ -216,12 +225,15 @@ def relabel(raw: dict, source, dataset_name: str) -> tuple[np.ndarray, np.ndarra
     from ogbench.relabel_utils import relabel_dataset
 
     env_id = single_task_env_id(dataset_name)
-    env = make_single_task_env(dataset_name)
+    # The task's rewards are functions of the simulator state alone: a visual dataset is relabelled by its
+    # state-based twin (same task and model), which needs no rendering.
+    state_name = dataset_name.removeprefix(VISUAL_PREFIX)
+    env = make_single_task_env(state_name)
     try:
         env.reset()  # sets the task (and builds the model) before its sizes are read
         _check_info_widths(raw, source, env, env_id)
         labelled = {key: raw[key] for key in INFO_KEYS if key in raw}
-        relabel_dataset(env_id, env, labelled)  # adds 'rewards' and 'masks' to the dict it is given
+        relabel_dataset(single_task_env_id(state_name), env, labelled)  # adds 'rewards' and 'masks' to it
         low, high = _action_bounds(env)
     finally:
         env.close()

@@ -12,11 +12,7 @@
                                   no low-dimensional key
 
 A store without data/reward (diffusion_policy's demonstrations have none) is refused unless `reward=` says
-what the reward is, since an offline-RL run on invented zero rewards learns nothing and says nothing:
-    reward=zeros           every reward 0: for behaviour cloning only (Q is then 0 everywhere)
-    reward=success_at_end  every recorded episode taken to end in success (human demonstrations): reward 1
-                           on each episode's last row and 0 before it, that row terminal (the goal is
-                           absorbing, and a truncated last row's reward would never enter a chunk target)
+what the reward is: `zeros` or `success_at_end` (reward_rules.py).
 `attrs["reward_source"]` records where the rewards came from.
 
 Each observation key is kept as its own store key, flattened to (N, D) (diffusion_policy's pusht
@@ -33,14 +29,11 @@ from pathlib import Path
 import numpy as np
 
 from offline_chunk.data.sources import SourceSpec
+from offline_chunk.data.sources.reward_rules import rule_rewards
 from offline_chunk.data.store import StepData, image_keys_of, obs_keys_of, open_group, read_array
 from offline_chunk.errors import DataError
 
 STEP_ARRAYS = ("action", "reward", "terminal")
-REWARD_RULES = {
-    "zeros": "reward=zeros: every reward 0 (behaviour cloning only)",
-    "success_at_end": "reward=success_at_end: 1 on each episode's last row (terminal), else 0",
-}
 
 
 def _obs_candidates(group) -> list[str]:
@@ -95,19 +88,7 @@ def _rewards(path: Path, group, rule: str, rows: int, episode_ends: np.ndarray):
         if rule:
             raise DataError(path, f"has data/reward; the option reward={rule} is for stores without one")
         return read_array(path, group, "data/reward"), None, "data/reward"
-    if rule not in REWARD_RULES:
-        choices = ", ".join(f"reward={name}" for name in REWARD_RULES)
-        said = f"reward={rule!r} is not a rule; " if rule else ""
-        raise DataError(
-            path, f"has no reward array; {said}say what the reward is with ?{choices}", "data/reward"
-        )
-    reward = np.zeros(rows, np.float32)
-    if rule == "zeros":
-        return reward, None, REWARD_RULES[rule]
-    last_rows = np.zeros(rows, bool)
-    last_rows[np.asarray(episode_ends) - 1] = True
-    reward[last_rows] = 1.0
-    return reward, last_rows, REWARD_RULES[rule]
+    return rule_rewards(path, rule, rows, episode_ends, "data/reward")
 
 
 def load(spec: SourceSpec, progress: bool) -> StepData:

@@ -1,23 +1,14 @@
-"""OGBench environments for evaluation: the gymnasium id a store records, the environment itself, and a
-MuJoCo GL backend that renders without a display."""
+"""OGBench environments for evaluation: the gymnasium id a store records and the environment itself (the
+GL backend for rendering is offline_chunk.rendering's)."""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
 from offline_chunk.data.store import open_group
 from offline_chunk.errors import DataError
-
-GL_BACKENDS = ("egl", "osmesa")  # headless MuJoCo rendering: GPU (or Mesa) EGL, then software OSMesa
-GL_PROBE = (
-    "import mujoco; model = mujoco.MjModel.from_xml_string('<mujoco/>'); "
-    "renderer = mujoco.Renderer(model, 8, 8); renderer.update_scene(mujoco.MjData(model)); renderer.render()"
-)
-GL_PROBE_TIMEOUT_S = 60
 
 
 def store_attributes(store) -> dict:
@@ -71,28 +62,3 @@ def make_env(env_id: str, max_steps: int | None = None, gl_backend: str | None =
     warnings.filterwarnings("ignore", message=".*precision lowered by casting to float32")
     limit = {} if max_steps is None else {"max_episode_steps": max_steps}
     return gymnasium.make(env_id, **limit)
-
-
-def find_gl_backend() -> tuple[str | None, str]:
-    """A MuJoCo GL backend that renders here, tried by rendering one frame in a subprocess (a failing backend
-    can abort the process that tries it): the user's MUJOCO_GL, else egl, then osmesa.
-    Returns (backend, "") or (None, why none works)."""
-    candidates = [os.environ["MUJOCO_GL"]] if os.environ.get("MUJOCO_GL") else list(GL_BACKENDS)
-    failures = []
-    for backend in candidates:
-        try:
-            probe = subprocess.run(
-                [sys.executable, "-c", GL_PROBE],
-                env={**os.environ, "MUJOCO_GL": backend},
-                capture_output=True,
-                text=True,
-                timeout=GL_PROBE_TIMEOUT_S,
-            )
-        except subprocess.TimeoutExpired:
-            failures.append(f"{backend}: no frame in {GL_PROBE_TIMEOUT_S} s")
-            continue
-        if probe.returncode == 0:
-            return backend, ""
-        last_line = (probe.stderr.strip().splitlines() or [f"exit status {probe.returncode}"])[-1]
-        failures.append(f"{backend}: {last_line[:160]}")
-    return None, "no MuJoCo GL backend renders here (" + "; ".join(failures) + ")"

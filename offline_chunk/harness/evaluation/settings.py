@@ -9,12 +9,8 @@ from offline_chunk.agents import AGENTS
 from offline_chunk.checkpoint import pick_device
 from offline_chunk.data.sources.ogbench_npz import sparse_reward
 from offline_chunk.errors import ConfigError
-from offline_chunk.harness.envs.ogbench_env import (
-    env_id_from_store,
-    find_gl_backend,
-    store_attributes,
-    time_limit,
-)
+from offline_chunk.harness.envs.ogbench_env import env_id_from_store, store_attributes, time_limit
+from offline_chunk.rendering import find_gl_backend
 
 
 def training_store_attributes(payload: dict) -> dict:
@@ -58,6 +54,11 @@ def gl_backend_for(render: int) -> str | None:
 def eval_settings(payload, checkpoint, episodes, execute, workers, seed, candidates, max_steps) -> dict:
     """What the report records about the run, resolved from the checkpoint, its store and the overrides."""
     horizon, store = payload["dims"]["horizon"], payload["config"].dataset
+    if payload["dims"].get("image_shapes"):
+        raise ConfigError(
+            f"{checkpoint}: the agent reads cameras {list(payload['dims']['image_shapes'])}; rollouts of "
+            "camera agents need the visual environments, not supported yet (q_on_demos and load_agent work)"
+        )
     check_settings(episodes, workers, execute, horizon, candidates, max_steps)
     act = payload["config"].agent.act
     by_candidates = AGENTS[payload["agent"]].acts_by_candidates  # chooses among sampled chunks by Q

@@ -1,0 +1,42 @@
+"""Headless MuJoCo rendering: the GL backend that works on this machine (EGL, or OSMesa in software), for
+evaluation GIFs and for OGBench's visual datasets and environments. MuJoCo reads MUJOCO_GL when it is first
+imported, so the backend is set in a process before mujoco is imported there."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+GL_BACKENDS = ("egl", "osmesa")  # headless MuJoCo rendering: GPU (or Mesa) EGL, then software OSMesa
+GL_PROBE = (
+    "import mujoco; model = mujoco.MjModel.from_xml_string('<mujoco/>'); "
+    "renderer = mujoco.Renderer(model, 8, 8); renderer.update_scene(mujoco.MjData(model)); renderer.render()"
+)
+GL_PROBE_TIMEOUT_S = 60
+GL_HELP = "install EGL (Debian: libegl1) or OSMesa (libosmesa6), or set MUJOCO_GL to a backend that works"
+
+
+def find_gl_backend() -> tuple[str | None, str]:
+    """A MuJoCo GL backend that renders here, tried by rendering one frame in a subprocess (a failing backend
+    can abort the process that tries it): the user's MUJOCO_GL, else egl, then osmesa.
+    Returns (backend, "") or (None, why none works)."""
+    candidates = [os.environ["MUJOCO_GL"]] if os.environ.get("MUJOCO_GL") else list(GL_BACKENDS)
+    failures = []
+    for backend in candidates:
+        try:
+            probe = subprocess.run(
+                [sys.executable, "-c", GL_PROBE],
+                env={**os.environ, "MUJOCO_GL": backend},
+                capture_output=True,
+                text=True,
+                timeout=GL_PROBE_TIMEOUT_S,
+            )
+        except subprocess.TimeoutExpired:
+            failures.append(f"{backend}: no frame in {GL_PROBE_TIMEOUT_S} s")
+            continue
+        if probe.returncode == 0:
+            return backend, ""
+        last_line = (probe.stderr.strip().splitlines() or [f"exit status {probe.returncode}"])[-1]
+        failures.append(f"{backend}: {last_line[:160]}")
+    return None, "no MuJoCo GL backend renders here (" + "; ".join(failures) + ")"
