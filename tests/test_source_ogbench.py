@@ -209,14 +209,22 @@ def test_generator_gives_up_on_unhealthy_scenes(monkeypatch):
         load_source("ogbench:scene-play-singletask-task2-v0?episodes=1&steps=5&workers=1", progress=False)
 
 
-def test_a_visual_dataset_records_the_frames_of_the_same_episodes(generated_store):
-    """OGBench's pixel twin (visual-scene-v0) under the same seeds: the same actions, states and rewards as
-    the state-based episodes, with 64 x 64 frames as the only observation."""
+@pytest.fixture(scope="module")
+def visual_store(tmp_path_factory):
+    """The episodes of `generated_store` in OGBench's pixel twin (visual-scene-v0), as a store."""
     from offline_chunk.rendering import find_gl_backend
 
     if find_gl_backend()[0] is None:
         pytest.skip("no MuJoCo GL backend renders here")
-    visual = load_source(f"ogbench:visual-{SCENE_SPEC.removeprefix('ogbench:')}&workers=1", progress=False)
+    out = tmp_path_factory.mktemp("visual") / "visual.zarr"
+    convert(f"ogbench:visual-{SCENE_SPEC.removeprefix('ogbench:')}&workers=1", out=out, progress=False)
+    return out
+
+
+def test_a_visual_dataset_records_the_frames_of_the_same_episodes(generated_store, visual_store):
+    """Under the same seeds, the same actions, states and rewards as the state-based episodes, with 64 x 64
+    frames as the only observation."""
+    visual = open_store(visual_store, extras=True)
     assert visual.obs.shape == (2 * STEPS, 0) and list(visual.images) == ["image"]
     frames = visual.images["image"]
     assert frames.shape == (2 * STEPS, 64, 64, 3) and frames.dtype == np.uint8 and frames.std() > 10
@@ -224,3 +232,17 @@ def test_a_visual_dataset_records_the_frames_of_the_same_episodes(generated_stor
     np.testing.assert_array_equal(visual.reward, generated_store.reward)
     np.testing.assert_array_equal(visual.extras["qpos"], generated_store.extras["qpos"])
     assert visual.attrs["env_id"] == "visual-scene-singletask-task2-v0"
+
+
+def test_a_camera_agent_rolls_out_in_the_visual_environment(visual_store, tmp_path):
+    from helpers import tiny_config
+
+    from offline_chunk.harness.evaluation import evaluate
+    from offline_chunk.train import train
+
+    final = train(
+        tiny_config("td3bc", visual_store, tmp_path / "run", "steps=2", "agent.vision.feature_dim=8")
+    )
+    report = evaluate(final, episodes=2, workers=1, max_steps=6, progress=False)
+    assert report["env_id"] == "visual-scene-singletask-task2-v0" and report["episodes"] == 2
+    assert report["length_mean"] == 6  # truncated at max_steps, each chunk planned from frames

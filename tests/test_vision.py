@@ -260,11 +260,14 @@ def test_q_on_demos_reads_the_frames_of_a_camera_store(camera_store, tmp_path):
         torch.testing.assert_close(torch.as_tensor(result.q[position], dtype=q.dtype), q[0])
 
 
-def test_evaluating_a_camera_agent_in_the_simulator_is_refused_clearly(camera_store, tmp_path):
+def test_evaluating_a_camera_agent_where_the_environment_observes_states_is_refused(tmp_path):
     from offline_chunk.checkpoint import read_checkpoint
     from offline_chunk.harness.evaluation.settings import eval_settings
     from offline_chunk.train import train
 
-    final = train(tiny_config("td3bc", camera_store, tmp_path / "run", "steps=1", "log_every=1"))
-    with pytest.raises(ConfigError, match="reads cameras \\['front', 'wrist'\\]"):
+    data = camera_data(np.random.default_rng(0), [30, 25], cameras=CAMERAS)
+    data.attrs["env_id"] = "scene-singletask-task2-v0"
+    store = write_store(data, tmp_path / "cams.zarr")
+    final = train(tiny_config("td3bc", store, tmp_path / "run", "steps=1", "log_every=1"))
+    with pytest.raises(ConfigError, match="reads cameras \\['front', 'wrist'\\] and 3 state values.*visual-"):
         eval_settings(read_checkpoint(final), final, 2, None, 1, 0, None, None)

@@ -13,6 +13,12 @@ from collections import deque
 import numpy as np
 
 
+def as_observation(obs) -> np.ndarray:
+    """A state vector as float32; camera frames (uint8) stay as they are."""
+    obs = np.asarray(obs)
+    return obs if obs.dtype == np.uint8 else obs.astype(np.float32)
+
+
 class ChunkExecutor:
     """One environment's last `obs_horizon` observations and its queue of planned actions."""
 
@@ -20,20 +26,19 @@ class ChunkExecutor:
         if obs_horizon < 1 or execute < 1:
             raise ValueError(f"obs_horizon ({obs_horizon}) and execute ({execute}) must be at least 1")
         self.obs_horizon, self.execute = obs_horizon, execute
-        self.history: np.ndarray | None = None  # (To, D), oldest first
+        self.history: np.ndarray | None = None  # (To, D) states or (To, H, W, C) uint8 frames, oldest first
         self.queue: deque[np.ndarray] = deque()
 
     def reset(self, obs: np.ndarray) -> None:
         """A new episode: the history is the first observation repeated To times, as the dataset pads an
         episode's first rows (docs/chunk_transitions.md: rows max(t - To + 1 + k, b)), and nothing is
         planned."""
-        obs = np.asarray(obs, np.float32)
-        self.history = np.repeat(obs[None], self.obs_horizon, axis=0)
+        self.history = np.repeat(as_observation(obs)[None], self.obs_horizon, axis=0)
         self.queue.clear()
 
     def observe(self, obs: np.ndarray) -> None:
         """The observation after a step: it becomes the newest entry of the history."""
-        self.history = np.concatenate([self.history[1:], np.asarray(obs, np.float32)[None]])
+        self.history = np.concatenate([self.history[1:], as_observation(obs)[None]])
 
     def needs_plan(self) -> bool:
         return not self.queue

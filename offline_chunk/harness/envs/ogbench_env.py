@@ -3,10 +3,14 @@ GL backend for rendering is offline_chunk.rendering's)."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import warnings
 from pathlib import Path
 
+import numpy as np
+
+from offline_chunk.data.sources.ogbench_npz import VISUAL_PREFIX
 from offline_chunk.data.store import open_group
 from offline_chunk.errors import DataError
 
@@ -51,14 +55,40 @@ def time_limit(env_id: str, max_steps: int | None) -> int | None:
 def make_env(env_id: str, max_steps: int | None = None, gl_backend: str | None = None):
     """One environment, built inside its worker process (AsyncVectorEnv also builds one in the calling
     process to read the spaces). MuJoCo reads MUJOCO_GL when it is first imported, so a rendering worker
-    must be a fresh (spawned) process that sets it first."""
+    must be a fresh (spawned) process that sets it first. A visual environment renders already in its
+    constructor, which the calling process (MuJoCo imported there without a GL backend) cannot: there it
+    is a stand-in with the same spaces."""
     if gl_backend is not None:
         os.environ["MUJOCO_GL"] = gl_backend
     import gymnasium
     import ogbench  # noqa: F401  (registers OGBench's environments)
+
+    if env_id.startswith(VISUAL_PREFIX) and multiprocessing.parent_process() is None:
+        return VisualSpaces(env_id)
 
     # OGBench declares float64 bounds on float32 Box spaces and builds a new Box on every `action_space`
     # access (its resets sample from it), each warning that the bounds are cast to float32.
     warnings.filterwarnings("ignore", message=".*precision lowered by casting to float32")
     limit = {} if max_steps is None else {"max_episode_steps": max_steps}
     return gymnasium.make(env_id, **limit)
+
+
+class VisualSpaces:
+    """A visual environment's spaces without its simulator: the frames (H, W, 3) uint8 of its registration,
+    the action space of its state-based twin (the same robot)."""
+
+    metadata: dict = {}
+    render_mode = None
+
+    def __init__(self, env_id: str):
+        import gymnasium
+
+        kwargs = gymnasium.spec(env_id).kwargs
+        twin = gymnasium.make(env_id.removeprefix(VISUAL_PREFIX))
+        self.action_space = twin.action_space
+        twin.close()
+        shape = (kwargs["height"], kwargs["width"], 3)
+        self.observation_space = gymnasium.spaces.Box(0, 255, shape, np.uint8)
+
+    def close(self) -> None:
+        pass

@@ -36,7 +36,7 @@ from offline_chunk.harness.evaluation.stats import Episode, summarize
 
 def roll_out(payload: dict, settings: dict, render: int, progress: bool) -> tuple[list[Episode], dict, dict]:
     """The episodes, the rendered frames, and the timing."""
-    backend = gl_backend_for(render)
+    backend = gl_backend_for(render, settings["env_id"])
     env_fn = partial(make_env, settings["env_id"], settings["time_limit"], backend)
     started = time.perf_counter()
     device = pick_device(None)

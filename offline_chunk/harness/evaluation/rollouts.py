@@ -172,9 +172,16 @@ def planning_threads(device: torch.device, workers: int):
 
 
 def planner(agent):
+    """histories -> chunks by one `agent.act` call. A camera agent's environment observes its one camera's
+    frames (OGBench's visual environments): the histories (B, To, H, W, C) uint8 are that camera's, with no
+    state vector (eval_settings checks this)."""
     device = next(agent.parameters()).device
 
     def plan(histories: np.ndarray) -> np.ndarray:
-        return agent.act(torch.as_tensor(histories, device=device)).cpu().numpy()
+        histories = torch.as_tensor(histories, device=device)
+        if agent.encoder is None:
+            return agent.act(histories).cpu().numpy()
+        no_state = histories.new_zeros((*histories.shape[:2], 0), dtype=torch.float32)
+        return agent.act(no_state, images={agent.encoder.cameras[0]: histories}).cpu().numpy()
 
     return plan

@@ -7,10 +7,10 @@ import sys
 
 from offline_chunk.agents import AGENTS
 from offline_chunk.checkpoint import pick_device
-from offline_chunk.data.sources.ogbench_npz import sparse_reward
+from offline_chunk.data.sources.ogbench_npz import VISUAL_PREFIX, sparse_reward
 from offline_chunk.errors import ConfigError
 from offline_chunk.harness.envs.ogbench_env import env_id_from_store, store_attributes, time_limit
-from offline_chunk.rendering import find_gl_backend
+from offline_chunk.rendering import GL_HELP, find_gl_backend
 
 
 def training_store_attributes(payload: dict) -> dict:
@@ -42,7 +42,26 @@ def check_settings(episodes, workers, execute, horizon, candidates, max_steps) -
         raise ConfigError(f"execute={execute}: must be between 1 and the chunk horizon H={horizon}")
 
 
-def gl_backend_for(render: int) -> str | None:
+def check_cameras(payload: dict, checkpoint, env_id: str) -> None:
+    """A camera agent rolls out where the environment observes its one camera's frames and nothing else
+    (OGBench's visual environments: 64 x 64 frames)."""
+    cameras, obs_dim = list(payload["dims"].get("image_shapes", {})), payload["dims"]["obs_dim"]
+    if cameras and (len(cameras) > 1 or obs_dim or not env_id.startswith(VISUAL_PREFIX)):
+        raise ConfigError(
+            f"{checkpoint}: the agent reads cameras {cameras} and {obs_dim} state values; rollouts of camera "
+            f"agents need an environment that observes one camera's frames alone (OGBench's visual-*), "
+            f"not {env_id}"
+        )
+
+
+def gl_backend_for(render: int, env_id: str = "") -> str | None:
+    """The GL backend the workers render with: needed for GIFs (`render` episodes) and by the visual
+    environments, whose observations are rendered."""
+    if env_id.startswith(VISUAL_PREFIX):
+        backend, why = find_gl_backend()
+        if backend is None:
+            raise ConfigError(f"{env_id} renders its observations, and {why}: {GL_HELP}")
+        return backend
     if render == 0:
         return None
     backend, why = find_gl_backend()
@@ -54,11 +73,6 @@ def gl_backend_for(render: int) -> str | None:
 def eval_settings(payload, checkpoint, episodes, execute, workers, seed, candidates, max_steps) -> dict:
     """What the report records about the run, resolved from the checkpoint, its store and the overrides."""
     horizon, store = payload["dims"]["horizon"], payload["config"].dataset
-    if payload["dims"].get("image_shapes"):
-        raise ConfigError(
-            f"{checkpoint}: the agent reads cameras {list(payload['dims']['image_shapes'])}; rollouts of "
-            "camera agents need the visual environments, not supported yet (q_on_demos and load_agent work)"
-        )
     check_settings(episodes, workers, execute, horizon, candidates, max_steps)
     act = payload["config"].agent.act
     by_candidates = AGENTS[payload["agent"]].acts_by_candidates  # chooses among sampled chunks by Q
@@ -69,6 +83,7 @@ def eval_settings(payload, checkpoint, episodes, execute, workers, seed, candida
         )
     store_attrs = training_store_attributes(payload)
     env_id = env_id_from_store(store, store_attrs)
+    check_cameras(payload, checkpoint, env_id)
     return {
         "checkpoint": str(checkpoint),
         "checkpoint_step": payload["step"],
