@@ -55,6 +55,7 @@ $(STAMP): setup.cfg pyproject.toml $(LOCK)
 	$(PY) -m pip install --quiet $(TORCH)
 	$(PY) -m pip install --quiet -c $(LOCK) -e ".[all]"
 	$(PY) scripts/lock.py check $(LOCK)
+	$(PY) -c "import offline_chunk.rendering as gl; gl.report()"
 	touch $(STAMP)
 
 # The newest versions that setup.cfg allows, resolved in a scratch environment and written to LOCK.

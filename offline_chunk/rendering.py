@@ -40,3 +40,14 @@ def find_gl_backend() -> tuple[str | None, str]:
         last_line = (probe.stderr.strip().splitlines() or [f"exit status {probe.returncode}"])[-1]
         failures.append(f"{backend}: {last_line[:160]}")
     return None, "no MuJoCo GL backend renders here (" + "; ".join(failures) + ")"
+
+
+def report() -> None:
+    """What `make install` prints: the backend found, or what to install (visual datasets, visual
+    evaluation and GIFs need one; everything else runs without)."""
+    backend, why = find_gl_backend()
+    if backend is not None:
+        print(f"MuJoCo rendering: {backend} (OGBench visual datasets, visual evaluation and GIFs)")
+    else:
+        print(f"MuJoCo rendering: none, {why}. OGBench visual datasets, visual evaluation and GIFs need it:")
+        print(f"  {GL_HELP}")

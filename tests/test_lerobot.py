@@ -97,31 +97,37 @@ def level_of(file_position: int, episode: int = 0) -> int:
     return 10 + 40 * episode + 9 * file_position
 
 
-def write_v3(root, codec, reward=True):
-    """Episodes 0 and 1 in data file 0 and video file 0 (episode 1 from time 0.5 s), episode 2 in file 1."""
+def write_v3(root, codec, reward=True, files=((0, 1), (2,))):
+    """The episodes of each of `files` in one data file and one video file (default: episodes 0 and 1 in
+    file 0, episode 1 from time 0.5 s, and episode 2 in file 1). The metadata is computed from LENGTHS."""
     (root / "meta").mkdir(parents=True)
     (root / "meta" / "info.json").write_text(json.dumps(info("v3.0", codec)))
-    for file_index, episodes in enumerate([[0, 1], [2]]):
+    meta = {key: [] for key in ("episode_index", "length", "data/file_index", "from", "to")}
+    for file_index, episodes in enumerate(files):
         data = root / f"data/chunk-000/file-{file_index:03d}.parquet"
         data.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(frame_rows(episodes, reward), data)
         frames = sum(LENGTHS[e] for e in episodes)
-        encode(
-            root / f"videos/{CAMERA}/chunk-000/file-{file_index:03d}.mp4", map(level_of, range(frames)), codec
-        )
+        levels = (level_of(p) % 256 for p in range(frames))
+        encode(root / f"videos/{CAMERA}/chunk-000/file-{file_index:03d}.mp4", levels, codec)
+        start = 0
+        for e in episodes:
+            meta["episode_index"].append(e)
+            meta["length"].append(LENGTHS[e])
+            meta["data/file_index"].append(file_index)
+            meta["from"].append(start / FPS)
+            meta["to"].append((start + LENGTHS[e]) / FPS)
+            start += LENGTHS[e]
+    zeros = [0] * len(meta["length"])
     episodes_meta = {
-        "episode_index": [0, 1, 2],
-        "length": LENGTHS,
-        "data/chunk_index": [0, 0, 0],
-        "data/file_index": [0, 0, 1],
-        f"videos/{CAMERA}/chunk_index": [0, 0, 0],
-        f"videos/{CAMERA}/file_index": [0, 0, 1],
-        f"videos/{CAMERA}/from_timestamp": [0.0, LENGTHS[0] / FPS, 0.0],
-        f"videos/{CAMERA}/to_timestamp": [
-            LENGTHS[0] / FPS,
-            (LENGTHS[0] + LENGTHS[1]) / FPS,
-            LENGTHS[2] / FPS,
-        ],
+        "episode_index": meta["episode_index"],
+        "length": meta["length"],
+        "data/chunk_index": zeros,
+        "data/file_index": meta["data/file_index"],
+        f"videos/{CAMERA}/chunk_index": zeros,
+        f"videos/{CAMERA}/file_index": meta["data/file_index"],
+        f"videos/{CAMERA}/from_timestamp": meta["from"],
+        f"videos/{CAMERA}/to_timestamp": meta["to"],
     }
     (root / "meta/episodes/chunk-000").mkdir(parents=True)
     pq.write_table(pa.table(episodes_meta), root / "meta/episodes/chunk-000/file-000.parquet")

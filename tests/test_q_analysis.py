@@ -173,8 +173,8 @@ def use_this_interpreter_as_python3_kernel(root: Path, monkeypatch) -> None:
     assert spec["argv"][0] == sys.executable
 
 
-def test_notebook_runs_headless(tiny_run, tmp_path, monkeypatch):
-    store, checkpoint = tiny_run
+def executed_notebook(checkpoint, store, tmp_path: Path, monkeypatch):
+    """The notebook run headless on a checkpoint and store (kept as executed.ipynb for inspection)."""
     use_this_interpreter_as_python3_kernel(tmp_path / "jupyter", monkeypatch)
     # The inline backend renders figures to PNG without a display (and overrides an MPLBACKEND set outside).
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
@@ -185,7 +185,13 @@ def test_notebook_runs_headless(tiny_run, tmp_path, monkeypatch):
     NotebookClient(
         nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
     ).execute()
-    nbformat.write(nb, tmp_path / "executed.ipynb")  # kept for inspection when an assertion below fails
+    nbformat.write(nb, tmp_path / "executed.ipynb")
+    return nb
+
+
+def test_notebook_runs_headless(tiny_run, tmp_path, monkeypatch):
+    store, checkpoint = tiny_run
+    nb = executed_notebook(checkpoint, store, tmp_path, monkeypatch)
     outputs = [output for cell in nb.cells if cell.cell_type == "code" for output in cell.outputs]
     assert not [output for output in outputs if output.output_type == "error"]
     text = "".join(output.get("text", "") for output in outputs if output.output_type == "stream")

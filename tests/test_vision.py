@@ -271,3 +271,17 @@ def test_evaluating_a_camera_agent_where_the_environment_observes_states_is_refu
     final = train(tiny_config("td3bc", store, tmp_path / "run", "steps=1", "log_every=1"))
     with pytest.raises(ConfigError, match="reads cameras \\['front', 'wrist'\\] and 3 state values.*visual-"):
         eval_settings(read_checkpoint(final), final, 2, None, 1, 0, None, None)
+
+
+def test_the_q_on_demos_notebook_opens_a_camera_store(camera_store, tmp_path, monkeypatch):
+    """The notebook on a camera agent: no errors, and the frame strips of both cameras beside the plots."""
+    from test_q_analysis import executed_notebook
+
+    from offline_chunk.train import train
+
+    final = train(tiny_config("td3bc", camera_store, tmp_path / "run", "steps=2", "log_every=2"))
+    nb = executed_notebook(final, camera_store, tmp_path, monkeypatch)
+    outputs = [output for cell in nb.cells if cell.cell_type == "code" for output in cell.outputs]
+    assert not [output for output in outputs if output.output_type == "error"]
+    strips = [cell for cell in nb.cells if cell.cell_type == "code" and "demos.images.items()" in cell.source]
+    assert len([o for o in strips[0].outputs if "image/png" in o.get("data", {})]) == 2  # front and wrist
