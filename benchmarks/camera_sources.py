@@ -1,6 +1,7 @@
 """Camera sources end to end (issue 17's check): each source format written at a stated size in its own
 schema, converted with `make dataset`'s converter (wall time), then every agent trained a few hundred
-updates on the store (updates/s, last critic loss, finite). Prints a markdown table.
+updates on the store with small networks at batch 16 (updates/s, last critic loss, finite). Prints a
+markdown table.
 
     python benchmarks/camera_sources.py --out /tmp/camera_sources [--updates 200] [--sources a,b]
 
@@ -93,7 +94,7 @@ def train_one(agent: str, store: Path, run_dir: Path, updates: int) -> tuple[flo
     overrides = [
         f"steps={updates}",
         f"log_every={updates // 2}",
-        "batch_size=64",
+        "batch_size=16",
         "agent.vision.feature_dim=32",
     ]
     printed = io.StringIO()

@@ -5,6 +5,7 @@ imported, so the backend is set in a process before mujoco is imported there."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -42,10 +43,34 @@ def find_gl_backend() -> tuple[str | None, str]:
     return None, "no MuJoCo GL backend renders here (" + "; ".join(failures) + ")"
 
 
+GL_PACKAGES = ("libegl1", "libosmesa6")  # Debian's EGL and OSMesa runtime libraries
+APT_TIMEOUT_S = 600
+
+
+def install_gl_libraries() -> str:
+    """Install GL_PACKAGES with apt-get where this process may (root, apt-get present); what happened."""
+    if shutil.which("apt-get") is None or not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return "not installed: needs apt-get as root"
+    command = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *GL_PACKAGES]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=APT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return f"apt-get install {' '.join(GL_PACKAGES)} took over {APT_TIMEOUT_S} s"
+    if done.returncode != 0:
+        last_line = (done.stderr.strip().splitlines() or ["?"])[-1]
+        return f"apt-get install {' '.join(GL_PACKAGES)} failed: {last_line}"
+    return f"installed {' '.join(GL_PACKAGES)}"
+
+
 def report() -> None:
-    """What `make install` prints: the backend found, or what to install (visual datasets, visual
-    evaluation and GIFs need one; everything else runs without)."""
+    """What `make install` prints: the backend found; where none works, it installs EGL and OSMesa with
+    apt-get if it may, and says what is missing if it cannot (visual datasets, visual evaluation and GIFs
+    need a backend; everything else runs without)."""
     backend, why = find_gl_backend()
+    if backend is None:
+        attempt = install_gl_libraries()
+        backend, why = find_gl_backend()
+        why = f"{why}; {attempt}"
     if backend is not None:
         print(f"MuJoCo rendering: {backend} (OGBench visual datasets, visual evaluation and GIFs)")
     else:

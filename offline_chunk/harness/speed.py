@@ -5,7 +5,8 @@ H = 5, batch 256), for each agent and network configuration:
 
 - updates/s: median, min and max over timed blocks of updates (batch sampling included) after warm-up,
   the device synchronised at each block's end;
-- the time split of an update (batch sampling, critic step, actor step, targets and schedules), from
+- the time split of an update (batch sampling, critic step with the normalisation and camera encoding
+  before it, actor step, targets and schedules), from
   separate updates with a device synchronisation after each phase (so the phases add up to a little more
   than an update in the throughput blocks, where they overlap);
 - peak memory (CUDA: allocator peak; CPU: the process's peak resident set), parameter counts, the FLOPs
@@ -186,11 +187,15 @@ def time_split(setup: BenchSetup, updates: int) -> dict[str, float]:
         phases[name].append(1e3 * (time.perf_counter() - start))
         return out
 
+    def critic_phase(batch):  # normalisation and camera encoding belong to it: the critic loss trains them
+        obs, actions, next_obs = agent.normalized(batch)
+        agent.update_critic(obs, actions, next_obs, batch)
+        return obs, actions
+
     for _ in range(updates):
         setup.sync()
         batch = timed("sample", setup.sampler.sample)
-        obs, actions, next_obs = agent.normalized(batch)
-        timed("critic", agent.update_critic, obs, actions, next_obs, batch)
+        obs, actions = timed("critic", critic_phase, batch)
         timed("actor", agent.update_actor, obs.detach(), actions, batch["action_mask"])
         timed("targets", agent.finish_update)
     return {name: statistics.median(times) for name, times in phases.items()}
