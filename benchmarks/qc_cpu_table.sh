@@ -4,6 +4,7 @@
 # the runs: `bash benchmarks/qc_cpu_table.sh`. Every step is idempotent: stores that exist are kept,
 # finished runs are reused, and a run that stopped half-way resumes exactly from its last checkpoint, so
 # the script continues where an earlier session stopped. Each report lands in runs/qc-cpu/<name>/benchmark.md.
+# JOBS=1 trains one run at a time (leaving a core to another job, e.g. a fine-tuning run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -16,7 +17,7 @@ mkdir -p runs/qc-cpu
 store scene-play-singletask-task1-v0 > runs/qc-cpu/store-scene.log 2>&1 &
 store puzzle-3x3-play-singletask-task1-v0 > runs/qc-cpu/store-puzzle.log 2>&1 &
 wait
-bench() { $PY -m offline_chunk benchmark --agent cpql --preset qc-cpu --jobs 2 "$@"; }
+bench() { $PY -m offline_chunk benchmark --agent cpql --preset qc-cpu --jobs "${JOBS:-2}" "$@"; }
 SCENE=scene-play-singletask-task1-v0
 # (a) the recipe on both tasks, 3 seeds; the BC-only column from the same checkpoints with one candidate
 bench --task $SCENE --seeds 0,1,2 --out runs/qc-cpu/scene-task1
