@@ -212,7 +212,7 @@ def test_a_row_between_two_frames_is_refused(tmp_path):
 
 def test_unknown_cameras_and_versions_are_refused(tmp_path):
     root = write_v3(tmp_path / "ds", "libx264")
-    with pytest.raises(DataError, match="has no video feature 'wrist'"):
+    with pytest.raises(DataError, match="has no camera feature 'wrist'"):
         load_source(f"{root}?image_keys=wrist", progress=False)
     meta = json.loads((root / "meta/info.json").read_text())
     (root / "meta/info.json").write_text(json.dumps({**meta, "codebase_version": "v1.6"}))
@@ -228,3 +228,35 @@ def test_a_converted_lerobot_store_trains(tmp_path):
     store = convert(str(write_v3(tmp_path / "ds", "libx264")), out=tmp_path / "store.zarr", progress=False)
     final = train(tiny_config("cpql", store, tmp_path / "run", "steps=3", "log_every=3", "batch_size=8"))
     assert final.exists()
+
+
+def test_an_image_feature_is_decoded_from_the_parquet(tmp_path):
+    """A camera of dtype `image` (older datasets): PNG bytes per row inside the parquet, as Hugging Face
+    datasets' Image struct {bytes, path}; decoded losslessly, so each row's frame is exactly its own."""
+    import io
+
+    from PIL import Image
+
+    root = write_v21(tmp_path / "ds", "libx264")
+    meta = json.loads((root / "meta/info.json").read_text())
+    meta["features"]["observation.images.wrist"] = {
+        "dtype": "image", "shape": [3, 8, 6], "names": ["channels", "height", "width"]
+    }  # fmt: skip
+    (root / "meta/info.json").write_text(json.dumps(meta))
+    rng = np.random.default_rng(0)
+    expected = []
+    for e, path in enumerate(sorted((root / "data").rglob("*.parquet"))):
+        table = pq.read_table(path)
+        frames = rng.integers(0, 256, (LENGTHS[e], 8, 6, 3), dtype=np.uint8)
+        expected.append(frames)
+        encoded = []
+        for frame in frames:
+            buffer = io.BytesIO()
+            Image.fromarray(frame).save(buffer, format="PNG")
+            encoded.append({"bytes": buffer.getvalue(), "path": None})
+        image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+        pq.write_table(table.append_column("observation.images.wrist", pa.array(encoded, image_type)), path)
+    data = load_source(str(root), progress=False)
+    assert list(data.images) == [CAMERA, "observation.images.wrist"]
+    np.testing.assert_array_equal(data.images["observation.images.wrist"], np.concatenate(expected))
+    check_frames(data.images[CAMERA], expected_levels("v2.1"))

@@ -14,7 +14,8 @@ the hub nor the `lerobot` package is needed.
 Options:
     obs_keys=observation.state     the low-dimensional features, concatenated in that order ("none": none;
                                    default observation.state when the dataset has it)
-    image_keys=a,b                 the cameras kept (default: every video feature)
+    image_keys=a,b                 the cameras kept (default: every video or image feature; an `image`
+                                   feature's frames are encoded images inside the parquet)
     reward=zeros|success_at_end    required when the dataset has no next.reward (reward_rules.py)
     done=terminal|ignore           next.done as the terminal flag (default), or ignored (when a dataset
                                    marks time-limit ends with it: those are truncations, not terminals)
@@ -27,6 +28,7 @@ video; a row without a frame within `tolerance` is refused. Videos are decoded o
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -160,14 +162,40 @@ def decode_at(path: Path, queries: list[tuple[float, int]], out: np.ndarray, tol
     raise DataError(path, f"has no frame within {tolerance} s of time {time:.6f} s (row {row})")
 
 
+def frame_shape(feature: dict) -> tuple[int, int, int]:
+    """The (H, W, C) of a camera feature's frames (a (C, H, W) declaration is turned around)."""
+    shape, names = tuple(feature["shape"]), feature.get("names")
+    if names and list(names)[:2] == ["channels", "height"]:
+        return shape[1], shape[2], shape[0]
+    return shape
+
+
+def image_column_frames(table, camera: str, shape: tuple, path: Path) -> np.ndarray:
+    """(N, H, W, C) uint8 of a camera of dtype `image`: each row's encoded image (PNG, JPEG) inside the
+    parquet, as Hugging Face datasets' Image struct {bytes, path}, decoded with Pillow."""
+    from PIL import Image
+
+    encoded = table.column(camera).combine_chunks().field("bytes").to_pylist()
+    out = np.zeros((len(table), *shape), np.uint8)
+    for row, data in enumerate(encoded):  # conversion time, once per row, as video frames are
+        frame = np.asarray(Image.open(io.BytesIO(data)).convert("RGB" if shape[-1] == 3 else "L"))
+        frame = frame.reshape(*frame.shape[:2], -1)
+        if frame.shape != shape:
+            raise DataError(
+                path, f"row {row} of {camera!r} is an image {frame.shape}, the dataset declares {shape}"
+            )
+        out[row] = frame
+    return out
+
+
 def camera_frames(root, info, camera, table, episodes, ends, tolerance, progress) -> np.ndarray:
-    """(N, H, W, 3) uint8: every row's frame of `camera`, each video file decoded once."""
+    """(N, H, W, C) uint8: every row's frame of `camera`: from its videos, each file decoded once, or from
+    the parquet's encoded images (dtype `image`)."""
     from tqdm import tqdm
 
-    shape = tuple(info["features"][camera]["shape"])
-    names = info["features"][camera].get("names")
-    if names and list(names)[:2] == ["channels", "height"]:  # (C, H, W) declared: frames are (H, W, C)
-        shape = (shape[1], shape[2], shape[0])
+    shape = frame_shape(info["features"][camera])
+    if info["features"][camera]["dtype"] == "image":
+        return image_column_frames(table, camera, shape, root / "data")
     out = np.zeros((len(table), *shape), np.uint8)
     timestamps = table.column("timestamp").to_numpy().astype(np.float64)
     by_file: dict[Path, list[tuple[float, int]]] = {}
@@ -188,12 +216,12 @@ def load(spec: SourceSpec, progress: bool) -> StepData:
     root = Path(spec.location).resolve()
     info = read_info(root)
     features = info.get("features", {})
-    videos = [key for key, feature in features.items() if feature.get("dtype") == "video"]
-    cameras = [key for key in options["image_keys"].split(",") if key] or videos
-    unknown = [key for key in cameras if key not in videos]
+    known = [key for key, feature in features.items() if feature.get("dtype") in ("video", "image")]
+    cameras = [key for key in options["image_keys"].split(",") if key] or known
+    unknown = [key for key in cameras if key not in known]
     if unknown:
         raise DataError(
-            root / "meta" / "info.json", f"has no video feature {unknown[0]!r} (videos: {videos})"
+            root / "meta" / "info.json", f"has no camera feature {unknown[0]!r} (video or image: {known})"
         )
     if options["done"] not in ("terminal", "ignore"):
         raise DataError(root, f"done={options['done']!r}: choose done=terminal or done=ignore")
