@@ -47,19 +47,20 @@ GL_PACKAGES = ("libegl1", "libosmesa6")  # Debian's EGL and OSMesa runtime libra
 APT_TIMEOUT_S = 600
 
 
-def install_gl_libraries() -> str:
-    """Install GL_PACKAGES with apt-get where this process may (root, apt-get present); what happened."""
+def install_gl_libraries() -> tuple[bool, str]:
+    """Install GL_PACKAGES with apt-get where this process may (root, apt-get present): (installed, what
+    happened)."""
     if shutil.which("apt-get") is None or not hasattr(os, "geteuid") or os.geteuid() != 0:
-        return "not installed: needs apt-get as root"
+        return False, "not installed: needs apt-get as root"
     command = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *GL_PACKAGES]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=APT_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        return f"apt-get install {' '.join(GL_PACKAGES)} took over {APT_TIMEOUT_S} s"
+        return False, f"apt-get install {' '.join(GL_PACKAGES)} took over {APT_TIMEOUT_S} s"
     if done.returncode != 0:
         last_line = (done.stderr.strip().splitlines() or ["?"])[-1]
-        return f"apt-get install {' '.join(GL_PACKAGES)} failed: {last_line}"
-    return f"installed {' '.join(GL_PACKAGES)}"
+        return False, f"apt-get install {' '.join(GL_PACKAGES)} failed: {last_line}"
+    return True, f"installed {' '.join(GL_PACKAGES)}"
 
 
 def report() -> None:
@@ -68,8 +69,9 @@ def report() -> None:
     need a backend; everything else runs without)."""
     backend, why = find_gl_backend()
     if backend is None:
-        attempt = install_gl_libraries()
-        backend, why = find_gl_backend()
+        installed, attempt = install_gl_libraries()
+        if installed:  # probe again only when something changed (a failed probe can take a minute)
+            backend, why = find_gl_backend()
         why = f"{why}; {attempt}"
     if backend is not None:
         print(f"MuJoCo rendering: {backend} (OGBench visual datasets, visual evaluation and GIFs)")

@@ -152,8 +152,9 @@ def frame_budget_bytes(cfg: RunConfig, device: torch.device) -> float:
     return available / 2
 
 
-def build_sampler(cfg: RunConfig, device: torch.device):
-    """The dataset and its batch sampler: frames in memory, or streamed when they exceed the budget."""
+def build_sampler(cfg: RunConfig, device: torch.device, stream_state: dict | None = None):
+    """The dataset and its batch sampler: frames in memory, or streamed when they exceed the budget (from
+    `stream_state`, a resumed run's streaming sampler's)."""
     budget, frames = frame_budget_bytes(cfg, device), frame_bytes(cfg.dataset)
     stream = frames > budget
     dataset = OfflineRLDataset(
@@ -165,7 +166,9 @@ def build_sampler(cfg: RunConfig, device: torch.device):
         return dataset, dataset.sampler(
             cfg.batch_size, device=device, seed=cfg.seed, images=cameras, **fields
         )
-    sampler = dataset.streaming_sampler(budget, cfg.batch_size, device, cfg.seed, **fields)
+    sampler = dataset.streaming_sampler(
+        budget, cfg.batch_size, device, cfg.seed, **fields, state=stream_state
+    )
     print(
         f"streaming    {frames / 2**20:,.4g} MB of frames over a budget of {budget / 2**20:,.4g} MB: "
         f"{sampler.slots} blocks of {sampler.block_rows} rows resident, one swapped every "
@@ -177,7 +180,7 @@ def build_sampler(cfg: RunConfig, device: torch.device):
 def build_run(cfg: RunConfig, resume: dict | None = None) -> Run:
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    dataset, sampler = build_sampler(cfg, device)
+    dataset, sampler = build_sampler(cfg, device, None if resume is None else resume.get("stream"))
     if resume is None:
         dims = Dims(dataset.obs_dim, cfg.obs_horizon, dataset.action_dim, cfg.horizon, image_shapes(dataset))
         normalizer = Normalizer.from_data(dataset.data)
@@ -188,8 +191,6 @@ def build_run(cfg: RunConfig, resume: dict | None = None) -> Run:
         check_shapes(cfg.dataset, dataset, dims)
         agent = agent_from_payload({**resume, "config": cfg}, device)
         restore_rng_state(resume["rng"], sampler.generator)
-        if "stream" in resume:
-            sampler.restore(resume["stream"])
         step = resume["step"]
     train_seconds = resume.get("train_seconds", 0.0) if resume is not None else 0.0
     agent.configure_execution(cfg.compile, cfg.precision)

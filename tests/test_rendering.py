@@ -23,5 +23,6 @@ def test_a_failed_apt_install_is_reported_with_its_last_line(monkeypatch):
     monkeypatch.setattr(gl.os, "geteuid", lambda: 0)
     monkeypatch.setattr(gl.subprocess, "run", lambda *a, **k: Done())
     assert gl.install_gl_libraries() == (
-        "apt-get install libegl1 libosmesa6 failed: E: Unable to locate package libegl1"
+        False,
+        "apt-get install libegl1 libosmesa6 failed: E: Unable to locate package libegl1",
     )

@@ -102,6 +102,20 @@ def test_the_batches_match_the_in_memory_items_field_by_field(store):
             assert torch.equal(streamed[key], value), key
 
 
+def test_items_of_a_dataset_left_on_disk_read_their_frames_from_there(store):
+    """dataset[i] with lazy frames: the same item as from the in-memory dataset, field by field."""
+    lazy = OfflineRLDataset(store, 3, 2, gamma=0.9, lazy_frames=True)
+    memory = OfflineRLDataset(store, 3, 2, gamma=0.9)
+    for i in (0, 1, 699, 700, len(memory) - 1):
+        got, want = lazy[i], memory[i]
+        assert got.keys() == want.keys()
+        for key, value in want.items():
+            if isinstance(value, dict):
+                assert torch.equal(got[key]["cam"], value["cam"]), (i, key)
+            else:
+                assert torch.equal(got[key], value), (i, key)
+
+
 def test_a_pass_reaches_every_block_and_draws_only_resident_ones(store):
     _, sampler = streaming(store)
     block_rows, seen = sampler.block_rows, set()

@@ -204,13 +204,13 @@ def test_the_critic_loss_trains_the_encoder_and_the_actor_reads_it_detached(came
     agent, batch = run.agent, run.sampler.sample()
     before = [p.detach().clone() for p in agent.encoder.parameters()]
     seen = {}
-    original = agent.update_actor
+    original = agent.actor_objective
 
     def spy(obs, actions, mask):
         seen["obs"] = obs
         return original(obs, actions, mask)
 
-    agent.update_actor = spy
+    agent.actor_objective = spy
     agent.update(batch)
     assert not seen["obs"].requires_grad and seen["obs"].grad_fn is None
     assert seen["obs"].shape[-1] == 3 + 2 * 8  # D low-dimensional values, then 8 features per camera

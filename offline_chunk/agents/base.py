@@ -176,14 +176,14 @@ class ChunkAgent(nn.Module):
         separate methods so that `make bench` can time each."""
         obs, actions, next_obs = self.normalized(batch)
         metrics = self.update_critic(obs, actions, next_obs, batch)
-        metrics.update(self.update_actor(obs.detach(), actions, batch["action_mask"]))
+        metrics.update(self.update_actor(obs, actions, batch["action_mask"]))
         self.finish_update()
         return metrics
 
     def normalized(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Observations, action chunks and next observations of a batch in the networks' units. With
         cameras, each observation row is followed by its frames' features from augmented frames (drawn
-        apart for s and s'), with gradient for s only (ImageEncoder); the actor takes them detached."""
+        apart for s and s'), with gradient for s only (ImageEncoder); `update_actor` reads them detached."""
         obs = self.normalizer.obs(batch["observations"])
         next_obs = self.normalizer.obs(batch["next_observations"])
         if self.encoder is not None:
@@ -221,10 +221,8 @@ class ChunkAgent(nn.Module):
 
     def update_critic(self, obs, actions, next_obs, batch) -> dict[str, torch.Tensor]:
         loss, metrics = self.critic_objective(obs, actions, next_obs, batch)
-        if self.encoder is None:
-            return {**metrics, "critic/grad_norm": self._step(self.critic_opt, self.critic, loss)}
-        grad_norm = self._step(self.critic_opt, self.critic, loss, also=(self.encoder_opt, self.encoder))
-        return {**metrics, "critic/grad_norm": grad_norm}
+        encoder = None if self.encoder is None else (self.encoder_opt, self.encoder)  # trained by this loss
+        return {**metrics, "critic/grad_norm": self._step(self.critic_opt, self.critic, loss, also=encoder)}
 
     def critic_objective(self, obs, actions, next_obs, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The critic loss against the chunk Bellman target, and its metrics (what `compile` compiles)."""
@@ -246,7 +244,9 @@ class ChunkAgent(nn.Module):
         }
 
     def update_actor(self, obs, actions, action_mask) -> dict[str, torch.Tensor]:
-        loss, terms = self.actor_objective(obs, actions, action_mask)
+        """The actor step. It reads the observation rows detached: camera features are the critic's to
+        train (ImageEncoder, DrQ-v2's routing)."""
+        loss, terms = self.actor_objective(obs.detach(), actions, action_mask)
         grad_norm = self._step(self.actor_opt, self.actor, loss)
         return {"actor/loss": loss.detach(), "actor/grad_norm": grad_norm, **terms}
 

@@ -63,9 +63,12 @@ class ChunkTensors:
 
     @classmethod
     def build(cls, obs: np.ndarray, action: np.ndarray, index: ChunkIndex, images=None) -> ChunkTensors:
-        """The tensors of a store's rows and index; camera frames (N, H, W, C) become (N, C, H, W)."""
+        """The tensors of a store's rows and index; camera frames (N, H, W, C) become (N, C, H, W), and
+        frames left on disk (zarr arrays) are read by row when gathered (`DiskFrames`)."""
         frames = {
             camera: torch.as_tensor(f).permute(0, 3, 1, 2).contiguous()
+            if isinstance(f, np.ndarray)
+            else DiskFrames(f)
             for camera, f in (images or {}).items()
         }
         return cls(
@@ -86,6 +89,22 @@ class ChunkTensors:
     def to(self, device) -> ChunkTensors:
         moved = {f.name: getattr(self, f.name).to(device) for f in fields(self) if f.name != "images"}
         return ChunkTensors(**moved, images={camera: f.to(device) for camera, f in self.images.items()})
+
+
+class DiskFrames:
+    """One camera's frames left on disk (a zarr (N, H, W, C) array), indexed by row tensors like the
+    in-memory (N, C, H, W) tensor: `frames[rows]` reads those rows (an item's, for inspection; training
+    streams them instead, data/streaming.py)."""
+
+    def __init__(self, array):
+        self.array = array
+
+    def __getitem__(self, rows: torch.Tensor) -> torch.Tensor:
+        read = torch.from_numpy(self.array.oindex[rows.flatten().cpu().numpy()])
+        return read.permute(0, 3, 1, 2).reshape(*rows.shape, *read.shape[3:], *read.shape[1:3])
+
+    def to(self, device) -> DiskFrames:
+        return self  # read to the host; `frames[rows]` is moved by whoever uses it
 
 
 def _history_rows(last: torch.Tensor, first: torch.Tensor, obs_horizon: int) -> torch.Tensor:
@@ -219,8 +238,7 @@ class OfflineRLDataset(Dataset):
         self.index = build_chunk_index(
             self.data.reward, self.data.terminal, self.data.episode_ends, horizon, gamma, drop_partial
         )
-        in_memory = {} if lazy_frames else self.data.images
-        self.tensors = ChunkTensors.build(self.data.obs, self.data.action, self.index, in_memory)
+        self.tensors = ChunkTensors.build(self.data.obs, self.data.action, self.index, self.data.images)
 
     @property
     def obs_dim(self) -> int:
@@ -240,26 +258,7 @@ class OfflineRLDataset(Dataset):
         batch = gather_chunks(
             self.tensors, ids, self.horizon, self.obs_horizon, images=bool(self.tensors.images)
         )
-        if self.lazy_frames and self.data.images:
-            batch.update(self._frames_from_disk(ids))
         return {key: _first(value) for key, value in batch.items()}
-
-    def _frames_from_disk(self, ids: torch.Tensor) -> dict:
-        """`images` and `next_images` of transitions `ids`, read from the lazy zarr arrays."""
-        t = self.tensors
-        history = _history_rows(t.start[ids], t.episode_begin[ids], self.obs_horizon)
-        next_history = _history_rows(t.next_row[ids], t.episode_begin[ids], self.obs_horizon)
-
-        def read(rows: torch.Tensor) -> dict:
-            flat = rows.flatten().numpy()
-            return {
-                camera: torch.from_numpy(array.oindex[flat])
-                .permute(0, 3, 1, 2)
-                .reshape(*rows.shape, -1, *array.shape[1:3])
-                for camera, array in self.data.images.items()
-            }
-
-        return {"images": read(history), "next_images": read(next_history)}
 
     def sampler(
         self,
@@ -295,9 +294,10 @@ class OfflineRLDataset(Dataset):
         seed: int = 0,
         next_actions: bool = False,
         return_bounds: bool = False,
+        state: dict | None = None,
     ):
         """Batches as `sampler(images=True)`, the frames streamed from disk through a device buffer of
-        `budget_bytes` at most (data/streaming.py)."""
+        `budget_bytes` at most (data/streaming.py); `state`: a checkpointed sampler's, to resume from."""
         from offline_chunk.data.streaming import StreamingSampler
 
         if not self.lazy_frames:
@@ -315,4 +315,5 @@ class OfflineRLDataset(Dataset):
             seed,
             next_actions,
             return_bounds,
+            state=state,
         )

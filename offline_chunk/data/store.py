@@ -176,12 +176,17 @@ def open_group(path: Path):
         raise DataError(path, f"is not a zarr store ({type(exc).__name__})") from exc
 
 
-def read_array(path: Path, group, name: str) -> np.ndarray:
+def lazy_array(path: Path, group, name: str) -> zarr.Array:
+    """An array of the store, unread (checked to exist and to be an array)."""
     if name not in group:
         raise DataError(path, "required array is missing", name)
-    arr = group[name]
-    if not isinstance(arr, zarr.Array):
+    if not isinstance(group[name], zarr.Array):
         raise DataError(path, "is a group, expected an array", name)
+    return group[name]
+
+
+def read_array(path: Path, group, name: str) -> np.ndarray:
+    arr = lazy_array(path, group, name)
     if group.attrs.get(ALL_CHUNKS_WRITTEN) and arr.nchunks_initialized < arr.nchunks:
         raise DataError(
             path,
@@ -192,15 +197,6 @@ def read_array(path: Path, group, name: str) -> np.ndarray:
         return arr[...]
     except Exception as exc:  # a chunk cut short fails in its codec
         raise DataError(path, f"is truncated or corrupt on disk ({type(exc).__name__}: {exc})", name) from exc
-
-
-def lazy_array(path: Path, group, name: str) -> zarr.Array:
-    """An array of the store, unread (checked to exist and to be an array)."""
-    if name not in group:
-        raise DataError(path, "required array is missing", name)
-    if not isinstance(group[name], zarr.Array):
-        raise DataError(path, "is a group, expected an array", name)
-    return group[name]
 
 
 def frame_bytes(path) -> int:

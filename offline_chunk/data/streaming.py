@@ -47,15 +47,22 @@ class ResidentFrames:
         return self  # built on its device
 
 
+def window_rows(block_rows: int, obs_horizon: int, horizon: int) -> int:
+    """The longest window: the block's rows, the To − 1 before them and the H after them."""
+    return block_rows + obs_horizon - 1 + horizon
+
+
 def window_bytes(frames: dict, block_rows: int, obs_horizon: int, horizon: int) -> int:
     """The bytes of one block's window over every camera."""
-    rows = block_rows + obs_horizon - 1 + horizon
-    return rows * sum(int(np.prod(f.shape[1:])) for f in frames.values())
+    return window_rows(block_rows, obs_horizon, horizon) * sum(
+        int(np.prod(f.shape[1:])) for f in frames.values()
+    )
 
 
 class StreamingSampler(ChunkSampler):
     """`ChunkSampler`'s batches with frames from a device buffer of `budget_bytes` at most; `frames` are
-    the store's lazy (N, H, W, C) zarr arrays, `tensors` the in-memory rest (no images)."""
+    the store's lazy (N, H, W, C) zarr arrays, `tensors` the in-memory rest (their `images` are replaced by
+    the resident ones). `state`: where a checkpointed sampler stood (`state()`)."""
 
     def __init__(
         self,
@@ -70,12 +77,13 @@ class StreamingSampler(ChunkSampler):
         next_actions: bool = False,
         return_bounds: bool = False,
         block_rows: int = BLOCK_ROWS,
+        state: dict | None = None,
     ):
         device = torch.device(device)
         self.frames, self.seed, self.block_rows = frames, int(seed), int(block_rows)
         rows = len(tensors.obs)
         self.num_blocks = math.ceil(rows / block_rows)
-        self.window_rows = block_rows + obs_horizon - 1 + horizon  # the longest window
+        self.window_rows = window_rows(block_rows, obs_horizon, horizon)
         needed = window_bytes(frames, block_rows, obs_horizon, horizon)
         self.slots = min(int(budget_bytes // needed), self.num_blocks)
         if self.slots < 2:
@@ -100,7 +108,7 @@ class StreamingSampler(ChunkSampler):
         super().__init__(with_frames, batch_size, horizon, obs_horizon, device, None, seed, next_actions,
                          return_bounds, images=True)  # fmt: skip
         self.reader: BlockReader | None = None
-        self.restore({"batches": 0})
+        self.restore(state or {"batches": 0})  # a resumed run's `state()`: its resident blocks, read once
 
     # ------------------------------------------------------------------ the block order
 

@@ -46,6 +46,7 @@ from offline_chunk.data.dataset import ChunkSampler, OfflineRLDataset
 from offline_chunk.data.normalize import Normalizer
 from offline_chunk.data.store import StepData
 from offline_chunk.execution import CompiledWithFallback
+from offline_chunk.train import image_shapes
 
 ROWS, EPISODE, OBS_DIM, ACTION_DIM = 100_000, 1_000, 40, 5
 IMAGE_ROWS = 10_000  # camera stores: 10 episodes (84 px, 2 cameras: 0.4 GB of frames)
@@ -127,13 +128,13 @@ def bench_setup(
     torch_device = pick_device(device if device != "auto" else cfg.device)
     torch.manual_seed(0)
     dataset = dataset or synthetic_dataset(horizon)
-    image_shapes = {camera: list(frames.shape[1:]) for camera, frames in dataset.data.images.items()}
-    dims = Dims(OBS_DIM, 1, ACTION_DIM, horizon, image_shapes)
+    cameras = image_shapes(dataset)
+    dims = Dims(OBS_DIM, 1, ACTION_DIM, horizon, cameras)
     normalizer = Normalizer.from_data(dataset.data)
     built = make_agent(cfg.agent, dims, normalizer, total_steps=10**6).to(torch_device)
     built.configure_execution(cfg.compile, cfg.precision)
     fields = batch_fields(cfg.agent)
-    sampler = dataset.sampler(batch_size, device=torch_device, seed=0, images=bool(image_shapes), **fields)
+    sampler = dataset.sampler(batch_size, device=torch_device, seed=0, images=bool(cameras), **fields)
     return BenchSetup(built, sampler, torch_device, cfg)
 
 
@@ -196,7 +197,7 @@ def time_split(setup: BenchSetup, updates: int) -> dict[str, float]:
         setup.sync()
         batch = timed("sample", setup.sampler.sample)
         obs, actions = timed("critic", critic_phase, batch)
-        timed("actor", agent.update_actor, obs.detach(), actions, batch["action_mask"])
+        timed("actor", agent.update_actor, obs, actions, batch["action_mask"])
         timed("targets", agent.finish_update)
     return {name: statistics.median(times) for name, times in phases.items()}
 
