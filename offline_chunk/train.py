@@ -9,6 +9,7 @@ on the device since the last log are read in one transfer.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from offline_chunk.data.dataset import OfflineRLDataset
 from offline_chunk.data.normalize import Normalizer
 from offline_chunk.data.store import frame_bytes
 from offline_chunk.errors import ConfigError, DivergenceError
+from offline_chunk.stopping import stop_requests
 
 
 @dataclass
@@ -303,34 +305,36 @@ def train_loop(run: Run) -> Path:
         evaluate_in_training(run, writer, run.checkpoint())  # resumed where an evaluation did not finish
     clock = rate_clock = time.perf_counter()  # start of the current stretch of updates; of the log interval
     rate_step = run.step
-    try:
-        while run.step < cfg.steps:
-            log.add(run.agent.update(run.sampler.sample()))
-            run.step += 1
-            bar.update(1)
-            if run.step % cfg.log_every == 0 or run.step == cfg.steps:
-                now = time.perf_counter()
-                log_interval(run, writer, log, bar, (run.step - rate_step) / (now - rate_clock))
-                rate_clock, rate_step = now, run.step
-            checkpointing = run.step % cfg.checkpoint_every == 0
-            if checkpointing or evaluating():
-                now = time.perf_counter()
-                run.train_seconds, clock = run.train_seconds + now - clock, now
-                saved = run.checkpoint() if checkpointing else None
-                if evaluating():
-                    evaluate_in_training(run, writer, saved or run.checkpoint())
-                    clock = rate_clock = time.perf_counter()  # the evaluation's time is not training time
-                    rate_step = run.step
-    except KeyboardInterrupt:
-        run.train_seconds += time.perf_counter() - clock
-        path = run.checkpoint(f"interrupted_step_{run.step:08d}.pt")
-        bar.close()
-        print(f"\ninterrupted at step {run.step}: checkpoint saved at {path}")
-        raise
-    finally:
-        writer.close()
-        bar.close()
+    with stop_requests("stopping after this update, with a checkpoint to resume from") as stop:
+        try:
+            while run.step < cfg.steps and not stop.requested:
+                log.add(run.agent.update(run.sampler.sample()))
+                run.step += 1
+                bar.update(1)
+                if run.step % cfg.log_every == 0 or run.step == cfg.steps:
+                    now = time.perf_counter()
+                    log_interval(run, writer, log, bar, (run.step - rate_step) / (now - rate_clock))
+                    rate_clock, rate_step = now, run.step
+                checkpointing = run.step % cfg.checkpoint_every == 0
+                if checkpointing or evaluating():
+                    now = time.perf_counter()
+                    run.train_seconds, clock = run.train_seconds + now - clock, now
+                    saved = run.checkpoint() if checkpointing else None
+                    if evaluating():
+                        evaluate_in_training(run, writer, saved or run.checkpoint())
+                        clock = rate_clock = time.perf_counter()  # the evaluation's time is not training time
+                        rate_step = run.step
+        except KeyboardInterrupt:
+            message = f"stopped at once after step {run.step:,}: nothing saved since the last checkpoint"
+            print(f"\n{message}", file=sys.stderr)
+            raise
+        finally:
+            writer.close()
+            bar.close()
     run.train_seconds += time.perf_counter() - clock
+    if run.step < cfg.steps:  # stopped on request, between two updates
+        path = run.checkpoint()
+        raise stop.stopped(f"stopped at step {run.step:,}; resume with --resume {path}", path)
     return run.checkpoint("final.pt")
 
 

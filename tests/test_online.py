@@ -202,3 +202,41 @@ def test_bad_fine_tuning_settings_are_refused_naming_the_setting(capsys):
     error = capsys.readouterr().err
     assert "finetune: utd: Input should be greater than or equal to 1 (got 0)" in error
     assert "online_fraction: Input should be less than or equal to 1 (got 1.5)" in error
+
+
+def test_a_stopped_fine_tuning_run_ends_its_episode_checkpoints_and_resumes_exactly(
+    offline_checkpoint, tmp_path, monkeypatch
+):
+    """SIGTERM during the first episode (at its second chunk): no episode starts after it, the run
+    checkpoints when it ends (step 15) and raises RunStopped; resumed there, it collects the same episodes
+    and ends with the weights of the run that was never stopped."""
+    import os
+    import signal
+
+    from offline_chunk.checkpoint import read_checkpoint
+    from offline_chunk.harness import finetune as module
+    from offline_chunk.stopping import RunStopped
+
+    settings = module.FinetuneSettings(
+        env_steps=40, warmup=10, max_steps=15, eval_every=0, checkpoint_every=20, log_every=10, seed=3
+    )
+    straight = module.finetune(offline_checkpoint, settings, tmp_path / "a", progress=False)
+    plan, calls = module._plan, []
+
+    def plan_then_signal(*args):
+        calls.append(None)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return plan(*args)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(module, "_plan", plan_then_signal)
+        with pytest.raises(RunStopped, match="stopped at 15 environment steps") as stopped:
+            module.finetune(offline_checkpoint, settings, tmp_path / "b", progress=False)
+    assert stopped.value.path.name == "step_00000015.pt"
+    assert read_checkpoint(stopped.value.path)["online"]["episodes"] == 1
+    resumed = module.finetune(stopped.value.path, run_dir=tmp_path / "b", progress=False, resume=True)
+    a, b = read_checkpoint(straight), read_checkpoint(resumed)
+    assert a["online"]["env_steps"] == b["online"]["env_steps"] == 45
+    for key in a["weights"]:
+        assert torch.equal(a["weights"][key], b["weights"][key]), key

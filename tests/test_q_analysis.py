@@ -232,3 +232,33 @@ def test_summaries_by_outcome_split_the_goal_reaching_episodes_from_the_rest():
     assert by_outcome["reach the goal"].correlation == pytest.approx(pearson(q[reached], g[reached]))
     assert by_outcome["never reach it"].correlation == pytest.approx(pearson(q[3:6], g[3:6]))
     assert by_outcome["never reach it"].correlation == pytest.approx(-0.5)
+
+
+def test_q_by_steps_to_terminal_bins_the_rows_before_a_goal_by_their_distance_to_it():
+    """Episode 0: rows 0..5, the goal at row 3 (rows 0..3 are 3, 2, 1, 0 steps from it; rows 4, 5 have no
+    goal after them in their episode, though episode 1 has one at row 8); episode 1: rows 6..9, its goal at
+    row 8 (rows 6..8: 2, 1, 0 steps). Bins [0, 1), [1, 3), [3, ...): by hand below."""
+    from offline_chunk.harness.q_analysis import QOnDemos, q_by_steps_to_terminal
+
+    q = np.arange(10, dtype=float)
+    result = QOnDemos(
+        episode=np.array([0, 0, 0, 0, 0, 0, 1, 1, 1, 1]),
+        row=np.arange(10),
+        step=np.array([0, 1, 2, 3, 4, 5, 0, 1, 2, 3]),
+        q=q,
+        mc_return=-q,
+        terminal=np.isin(np.arange(10), [3, 8]),
+        tail_weight=np.zeros(10),
+        gamma=0.9,
+        horizon=1,
+        obs_horizon=1,
+        reduce="min",
+    )
+    table = q_by_steps_to_terminal(result, edges=(0, 1, 3))
+    # d = 0: rows 3, 8; d in {1, 2}: rows 1, 2, 6, 7 (d = 2, 1, 2, 1); d >= 3: row 0
+    assert [row["steps"] for row in table] == ["0-0", "1-2", "3+"]
+    assert [row["rows"] for row in table] == [2, 4, 1]
+    assert [row["mean_steps"] for row in table] == [0.0, 1.5, 3.0]
+    assert [row["mean_q"] for row in table] == [5.5, 4.0, 0.0]
+    assert [row["mean_return"] for row in table] == [-5.5, -4.0, 0.0]
+    assert q_by_steps_to_terminal(result.rows_of(result.episode == 0), edges=(0, 10))[0]["rows"] == 4

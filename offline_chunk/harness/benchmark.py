@@ -14,6 +14,7 @@ import csv
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -25,6 +26,7 @@ import numpy as np
 import yaml
 
 from offline_chunk.errors import BenchmarkError
+from offline_chunk.stopping import stop_requests
 
 if TYPE_CHECKING:
     from offline_chunk.config import RunConfig
@@ -346,11 +348,16 @@ def launch(run: PlannedRun, threads: int, quiet: bool) -> subprocess.Popen:
         config.write_text(yaml.safe_dump(run.cfg.model_dump(), sort_keys=False))
         command = [sys.executable, "-m", "offline_chunk", "train", "--config", str(config)]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    # Each run in a session of its own: Ctrl-C reaches the benchmark alone, which passes it on once (run_all)
     if not quiet:
-        return subprocess.Popen(command, env=env)
+        return subprocess.Popen(command, env=env, start_new_session=True)
     with open(run.run_dir / "train.log", "a") as log:  # a progress line every 30 s, not every update
         return subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env={**env, "TQDM_MININTERVAL": "30"}
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**env, "TQDM_MININTERVAL": "30"},
+            start_new_session=True,
         )
 
 
@@ -365,20 +372,38 @@ def run_all(runs: list[PlannedRun], jobs: int) -> list[PlannedRun]:
     threads = max(1, (os.cpu_count() or 1) // jobs)
     active: dict[subprocess.Popen, PlannedRun] = {}
     failed = []
-    while pending or active:
-        while pending and len(active) < jobs:
-            run = pending.pop(0)
-            print(f"training     {run.label} seed {run.seed} -> {run.run_dir}")
-            active[launch(run, threads, quiet=jobs > 1)] = run
-        while all(p.poll() is None for p in active):
-            time.sleep(1.0)
-        for process in [p for p in active if p.poll() is not None]:
-            run = active.pop(process)
-            status = "done" if process.returncode == 0 else f"FAILED (exit {process.returncode})"
-            print(f"{status:<12} {run.label} seed {run.seed} ({run.run_dir})")
-            if process.returncode != 0:
-                failed.append(run)
+    with stop_requests("the runs under way checkpoint after their current update; none starts") as stop:
+        try:
+            while pending or active:
+                while pending and len(active) < jobs and not stop.requested:
+                    run = pending.pop(0)
+                    print(f"training     {run.label} seed {run.seed} -> {run.run_dir}")
+                    active[launch(run, threads, quiet=jobs > 1)] = run
+                while all(p.poll() is None for p in active) and not stop.requested:
+                    time.sleep(1.0)
+                if stop.requested:
+                    wait_for_stopping(active, stop.signum)
+                    raise stop.stopped("stopped; the same command resumes every run from its checkpoint")
+                for process in [p for p in active if p.poll() is not None]:
+                    run = active.pop(process)
+                    status = "done" if process.returncode == 0 else f"FAILED (exit {process.returncode})"
+                    print(f"{status:<12} {run.label} seed {run.seed} ({run.run_dir})")
+                    if process.returncode != 0:
+                        failed.append(run)
+        except KeyboardInterrupt:  # the second signal: the runs, which had the first, stop at once too
+            for process in active:
+                process.send_signal(signal.SIGINT)
+            raise
     return failed
+
+
+def wait_for_stopping(active: dict[subprocess.Popen, PlannedRun], signum: int) -> None:
+    """Pass the stop on to every run under way and wait until each has written its checkpoint and exited."""
+    for process in active:
+        process.send_signal(signum)
+    for process, run in active.items():
+        process.wait()
+        print(f"stopped      {run.label} seed {run.seed} ({run.run_dir}, exit {process.returncode})")
 
 
 def run_benchmark(

@@ -16,6 +16,7 @@ import numpy as np
 from offline_chunk.agents import AGENTS
 from offline_chunk.errors import BenchmarkError, CheckpointError, ConfigError, DataError, DivergenceError
 from offline_chunk.harness.benchmark import PRESETS, REWARDS
+from offline_chunk.stopping import RunStopped
 
 DEFAULT_HORIZON = 5  # the Q-chunking paper's chunk length, used for the summary's chunk count
 
@@ -296,6 +297,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except RunStopped as stop:
+        print(stop, file=sys.stderr)
+        return stop.exit_code
     except KeyboardInterrupt:
         print("interrupted: no output was written under the final name", file=sys.stderr)
         return 130

@@ -19,6 +19,7 @@ Schedule (one iteration = one step of every environment):
   ended, the agent (with its optimizers and RNG states) is saved with the count of collected episodes,
   whose rows are in <run>/online_episodes.npz. Episode i resets with seed + i, so a run resumed there
   (`finetune --resume`) replays nothing and goes on exactly as the uninterrupted one (tested on CPU).
+  Ctrl-C or SIGTERM makes such a checkpoint due at once (stopping.py), then stops.
 
 Deliberate differences from QC's loop: episodes enter the replay when they end (QC adds each transition
 at once; a chunk's transition needs the rows after it); several environments can collect at once.
@@ -57,6 +58,7 @@ from offline_chunk.harness.evaluation.rollouts import vector_env
 from offline_chunk.harness.evaluation.settings import REWARD_TRANSFORMS, reward_convention
 from offline_chunk.harness.evaluation.stats import Episode
 from offline_chunk.sections import Section
+from offline_chunk.stopping import stop_requests
 from offline_chunk.train import MetricLog, append_row
 
 EVAL_SEED_OFFSET = 1_000_000  # evaluation episodes reset with seeds no collection episode uses
@@ -271,35 +273,42 @@ def _loop(run: OnlineRun, collector: Collector, writer: SummaryWriter, progress:
     collector.stop_at = min(
         _next_multiple(collector.env_steps, settings.checkpoint_every), settings.env_steps
     )
-    while True:
-        if collector.idle():
-            finishing = collector.env_steps >= settings.env_steps
-            name = "final.pt" if finishing else f"step_{collector.env_steps:08d}.pt"
-            path = run.checkpoint(name, collector.env_steps)
-            if finishing:
-                break
-            next_checkpoint = _next_multiple(collector.env_steps, settings.checkpoint_every)
-            collector.restart(min(next_checkpoint, settings.env_steps))
-        start, before = time.perf_counter(), collector.env_steps
-        for rows in collector.advance():
-            run.add(rows)
-            writer.add_scalar("collect/return", rows.episode.episode_return, collector.env_steps)
-            writer.add_scalar("collect/success", float(rows.episode.success), collector.env_steps)
-        stepped = collector.env_steps - before
-        clock["collect"] += time.perf_counter() - start
-        bar.update(stepped)
-        if collector.env_steps >= settings.warmup:
-            start = time.perf_counter()
-            for _ in range(settings.utd * stepped):
-                log.add(run.agent.update(run.sampler.sample()))
-                updates_done += 1
-                if updates_done % settings.log_every == 0:
-                    _log_metrics(run, writer, log, collector.env_steps, clock, updates_done)
-            clock["update"] += time.perf_counter() - start
-        if settings.eval_every and collector.env_steps >= next_eval:
-            evaluated = run.checkpoint("latest.pt", collector.env_steps, resumable=False)
-            _evaluate(run, writer, evaluated, collector.env_steps)
-            next_eval = _next_multiple(collector.env_steps, settings.eval_every)
+    with stop_requests("the episodes under way finish, then a checkpoint to resume from") as stop:
+        while True:
+            if stop.requested:  # no episode starts any more; the checkpoint comes when they have ended
+                collector.stop_at = min(collector.stop_at, collector.env_steps)
+            if collector.idle():
+                finishing = collector.env_steps >= settings.env_steps
+                name = "final.pt" if finishing else f"step_{collector.env_steps:08d}.pt"
+                path = run.checkpoint(name, collector.env_steps)
+                if finishing:
+                    break
+                if stop.requested:
+                    bar.close()
+                    steps = f"{collector.env_steps:,} environment steps"
+                    raise stop.stopped(f"stopped at {steps}; resume with --resume {path}", path)
+                next_checkpoint = _next_multiple(collector.env_steps, settings.checkpoint_every)
+                collector.restart(min(next_checkpoint, settings.env_steps))
+            start, before = time.perf_counter(), collector.env_steps
+            for rows in collector.advance():
+                run.add(rows)
+                writer.add_scalar("collect/return", rows.episode.episode_return, collector.env_steps)
+                writer.add_scalar("collect/success", float(rows.episode.success), collector.env_steps)
+            stepped = collector.env_steps - before
+            clock["collect"] += time.perf_counter() - start
+            bar.update(stepped)
+            if collector.env_steps >= settings.warmup:
+                start = time.perf_counter()
+                for _ in range(settings.utd * stepped):
+                    log.add(run.agent.update(run.sampler.sample()))
+                    updates_done += 1
+                    if updates_done % settings.log_every == 0:
+                        _log_metrics(run, writer, log, collector.env_steps, clock, updates_done)
+                clock["update"] += time.perf_counter() - start
+            if settings.eval_every and collector.env_steps >= next_eval:
+                evaluated = run.checkpoint("latest.pt", collector.env_steps, resumable=False)
+                _evaluate(run, writer, evaluated, collector.env_steps)
+                next_eval = _next_multiple(collector.env_steps, settings.eval_every)
     bar.close()
     _write_speed(run, collector.env_steps, updates_done, clock)
     return path

@@ -276,6 +276,40 @@ def summarize_by_outcome(result: QOnDemos, k: int = 5) -> dict[str, QSummary]:
     }
 
 
+STEPS_TO_GOAL_EDGES = (0, 10, 25, 50, 100, 200, 400)
+
+
+def q_by_steps_to_terminal(result: QOnDemos, edges=STEPS_TO_GOAL_EDGES) -> list[dict]:
+    """How far from the goal the critic sees it: the rows followed by a terminal in their episode (d =
+    steps from row t to that terminal row), in bins [edges[i], edges[i+1]) and a last bin from edges[-1] on;
+    per bin the rows, mean d, mean Q and mean G. Under a sparse reward of −1 per step before the goal,
+    G = −(1 − γ^d)/(1 − γ): where Q stays near −1/(1 − γ) while G rises, the goal's value has not reached
+    states d steps away. Empty bins are left out."""
+    terminal_rows = result.row[result.terminal]
+    if not len(terminal_rows):
+        return []
+    following = np.minimum(np.searchsorted(terminal_rows, result.row), len(terminal_rows) - 1)
+    next_terminal = terminal_rows[following]
+    ahead = (next_terminal >= result.row) & (result.episode[result.terminal][following] == result.episode)
+    steps = (next_terminal - result.row)[ahead]
+    bins = np.searchsorted(np.asarray(edges), steps, side="right") - 1
+    table = []
+    for k, low in enumerate(edges):
+        inside = bins == k
+        if inside.any():
+            high = edges[k + 1] if k + 1 < len(edges) else None
+            table.append(
+                {
+                    "steps": f"{low}-{high - 1}" if high is not None else f"{low}+",
+                    "rows": int(inside.sum()),
+                    "mean_steps": float(steps[inside].mean()),
+                    "mean_q": float(result.q[ahead][inside].mean()),
+                    "mean_return": float(result.mc_return[ahead][inside].mean()),
+                }
+            )
+    return table
+
+
 # --------------------------------------------------------------------------- plots
 
 

@@ -11,8 +11,10 @@ with no episode left idles (stepped with zero actions whose results are ignored)
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from contextlib import contextmanager
+from functools import partial
 
 import numpy as np
 import torch
@@ -141,12 +143,20 @@ def worker_context(fresh: bool) -> str:
     return "fork" if not fresh and sys.platform == "linux" else "spawn"
 
 
+def _ignoring_ctrl_c(env_fn):
+    """In a worker: Ctrl-C in a terminal reaches every process of its group, and a worker that took it
+    would die and break its vector env; the main process decides (stopping.py), and closes the workers."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return env_fn()
+
+
 @contextmanager
 def vector_env(env_fn, num_envs: int, fresh: bool = False):
     from gymnasium.vector import AsyncVectorEnv, AutoresetMode
 
+    worker_fn = partial(_ignoring_ctrl_c, env_fn)
     envs = AsyncVectorEnv(
-        [env_fn] * num_envs, context=worker_context(fresh), autoreset_mode=AutoresetMode.DISABLED
+        [worker_fn] * num_envs, context=worker_context(fresh), autoreset_mode=AutoresetMode.DISABLED
     )
     try:
         yield envs
