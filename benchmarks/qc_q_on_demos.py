@@ -5,6 +5,8 @@ steps left to it (q_analysis.q_by_steps_to_terminal): how far from the goal the 
 
     .venv/bin/python benchmarks/qc_q_on_demos.py runs/qc-cpu/scene-task1/cpql-seed0 ... [--episodes 200]
 
+A path may also be a checkpoint file (Q at an earlier step of a run).
+
 The store is the one the checkpoint records (`store.path`); the table is printed as markdown.
 """
 
@@ -18,6 +20,8 @@ from offline_chunk.harness.q_analysis import q_by_steps_to_terminal, q_on_demos,
 
 
 def latest_checkpoint(run_dir: Path) -> Path:
+    if run_dir.is_file():
+        return run_dir
     final = run_dir / "checkpoints" / "final.pt"
     steps = sorted((run_dir / "checkpoints").glob("step_*.pt"))
     if not final.exists() and not steps:
