@@ -3,6 +3,7 @@ end, truncated end), Q against `agent.q_value` on hand-gathered chunks, the summ
 headless on a tiny checkpoint."""
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -196,8 +197,9 @@ def test_notebook_runs_headless(tiny_run, tmp_path, monkeypatch):
     assert not [output for output in outputs if output.output_type == "error"]
     text = "".join(output.get("text", "") for output in outputs if output.output_type == "stream")
     assert "Pearson correlation" in text and "10 chunk starts in 2 episodes" in text
+    assert re.search(r"0-9\s+6\s", text)  # rows 0-2 and 3-5 lie 2, 1, 0 steps before terminals 2 and 5
     images = [output for output in outputs if "image/png" in output.get("data", {})]
-    assert len(images) >= 2  # the per-episode panels and the scatter
+    assert len(images) >= 3  # the per-episode panels, the scatter, Q by the steps to the goal
 
 
 def test_summaries_by_outcome_split_the_goal_reaching_episodes_from_the_rest():
