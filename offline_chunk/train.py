@@ -118,7 +118,8 @@ def check_resume(resume: dict, cfg: RunConfig) -> None:
 
 def later_checkpoints(directory: Path, step: int) -> list[str]:
     """The checkpoints in `directory` from after update `step` that a run resumed there would write again:
-    step_<N>.pt and final.pt (by the step it holds). Interrupted and diverged ones keep their names."""
+    step_<N>.pt (a stop on request writes one too) and final.pt (by the step it holds); diverged ones keep
+    their names."""
     later = []
     for path in sorted([*directory.glob("step_*.pt"), *directory.glob("final.pt")]):
         digits = path.stem.removeprefix("step_")
