@@ -1,6 +1,8 @@
 """Online collection: episodes recorded as the store labels its rows, checked on a fake environment and
 against OGBench's own relabelling of the same simulator states."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -181,6 +183,9 @@ def test_a_resumed_fine_tuning_run_is_bit_identical_to_the_uninterrupted_one(off
     np.testing.assert_array_equal(
         np.load(tmp_path / "a" / "online_episodes.npz")["obs"], np.load(fork / "online_episodes.npz")["obs"]
     )
+    speed = json.loads((fork / "speed.json").read_text())  # the resumed process collected steps 30..45
+    assert (speed["env_steps"], speed["env_steps_collected"], speed["online_updates"]) == (45, 15, 15)
+    assert speed["env_steps_per_s"] == speed["env_steps_collected"] / speed["collect_s"]
     with pytest.raises(CheckpointError, match="continue it with --resume"):
         finetune(middle, settings, tmp_path / "c", progress=False)
 

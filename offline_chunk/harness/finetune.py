@@ -267,7 +267,9 @@ def _loop(run: OnlineRun, collector: Collector, writer: SummaryWriter, progress:
         unit="step",
         disable=not progress,
     )
-    clock, updates_done = {"collect": 0.0, "update": 0.0}, 0
+    # seconds collecting and updating, and steps collected, in this process (a resumed run's rates count
+    # only what it did itself)
+    clock, updates_done = {"collect": 0.0, "update": 0.0, "collected": 0}, 0
     next_eval = _next_multiple(collector.env_steps, settings.eval_every)
     # Episodes stop starting when a checkpoint or the end is due; it is taken once they have all ended.
     collector.stop_at = min(
@@ -296,6 +298,7 @@ def _loop(run: OnlineRun, collector: Collector, writer: SummaryWriter, progress:
                 writer.add_scalar("collect/success", float(rows.episode.success), collector.env_steps)
             stepped = collector.env_steps - before
             clock["collect"] += time.perf_counter() - start
+            clock["collected"] += stepped
             bar.update(stepped)
             if collector.env_steps >= settings.warmup:
                 start = time.perf_counter()
@@ -322,7 +325,7 @@ def _next_multiple(steps: int, every: int) -> int:
 def _log_metrics(run: OnlineRun, writer, log: MetricLog, env_steps: int, clock: dict, updates: int) -> None:
     for key, value in log.read().items():
         writer.add_scalar(key, value, env_steps)
-    writer.add_scalar("perf/env_steps_per_s", env_steps / max(clock["collect"], 1e-9), env_steps)
+    writer.add_scalar("perf/env_steps_per_s", clock["collected"] / max(clock["collect"], 1e-9), env_steps)
     writer.add_scalar("perf/updates_per_s", updates / max(clock["update"], 1e-9), env_steps)
     writer.add_scalar("replay/online_chunks", run.replay.online_chunks, env_steps)
 
@@ -349,20 +352,23 @@ def _evaluate(run: OnlineRun, writer, checkpoint: Path, env_steps: int) -> None:
 
 
 def _write_speed(run: OnlineRun, env_steps: int, updates: int, clock: dict) -> None:
-    """The loop's throughput: environment steps per second of collection, updates per second of updating."""
+    """The loop's throughput in this process: environment steps per second of collection, updates per second
+    of updating (after a resume, over what the resumed process did)."""
     speed = {
         "env_steps": env_steps,
+        "env_steps_collected": clock["collected"],
         "online_updates": updates,
         "collect_s": clock["collect"],
         "update_s": clock["update"],
-        "env_steps_per_s": env_steps / max(clock["collect"], 1e-9),
+        "env_steps_per_s": clock["collected"] / max(clock["collect"], 1e-9),
         "updates_per_s": updates / max(clock["update"], 1e-9),
         "episodes": len(run.episodes),
         "successes": sum(e.episode.success for e in run.episodes),
     }
     (run.run_dir / "speed.json").write_text(json.dumps(speed, indent=2) + "\n")
     print(
-        f"finetuned    {run.agent.name}: {env_steps:,} environment steps, {updates:,} updates, "
+        f"finetuned    {run.agent.name}: {env_steps:,} environment steps ({clock['collected']:,} here), "
+        f"{updates:,} updates, "
         f"{speed['episodes']} episodes ({speed['successes']} reached the goal)\n"
         f"speed        {speed['env_steps_per_s']:.1f} env steps/s collecting, {speed['updates_per_s']:.1f} "
         f"updates/s updating\noutputs      {run.run_dir}"
