@@ -3,7 +3,8 @@
 # task 1 checkpoints of benchmarks/qc_cpu_table.sh online, seed s from run seed s: 50,000 environment steps,
 # utd 1, QC's 5,000-step warm-up, 50 evaluation episodes every 10,000 steps, one thread. Run it from the
 # checkout that ran the table (its runs/qc-cpu and data/bench). Idempotent: a run with checkpoints resumes
-# exactly; a finished run (DONE) is skipped; a seed whose offline run has not finished is waited for.
+# exactly from its latest step checkpoint; a finished run (DONE) is skipped; a seed whose offline run has not
+# finished is waited for; a failed run stops the script.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
@@ -12,8 +13,12 @@ for s in ${SEEDS:-0 1 2}; do
   out=runs/qc-cpu/finetune/scene-task1-seed$s
   [ -e "$out/DONE" ] && continue
   while [ ! -e "$checkpoint" ]; do sleep 300; done
-  resume=""; [ -d "$out/checkpoints" ] && resume="--resume"
-  .venv/bin/python -m offline_chunk finetune "$checkpoint" --env-steps 50000 --utd 1 --envs 1 --eval-every 10000 \
-    --eval-episodes 50 --checkpoint-every 2500 --seed $((1000 * s)) --run "$out" --no-progress $resume \
-    && touch "$out/DONE"
+  latest=$(ls "$out"/checkpoints/step_*.pt 2>/dev/null | sort | tail -1)
+  if [ -n "$latest" ]; then  # a resumed run keeps its settings; only its length may be given
+    args=("$latest" --resume --env-steps 50000)
+  else
+    args=("$checkpoint" --env-steps 50000 --utd 1 --envs 1 --eval-every 10000 --eval-episodes 50
+          --checkpoint-every 2500 --seed $((1000 * s)))
+  fi
+  .venv/bin/python -m offline_chunk finetune "${args[@]}" --run "$out" --no-progress && touch "$out/DONE" || exit 1
 done
