@@ -107,11 +107,14 @@ def load_reference(path: Path = REFERENCE_CSV) -> dict[tuple[str, str], list[tup
 
 
 def paper_value(reference: dict, task: str, method: str, step: int) -> tuple[float, float] | None:
-    """The paper's success at the reference step nearest `step`, and that step (millions)."""
+    """The paper's success at the reference step nearest `step`, and that step (millions). For a trained
+    step the untrained point 0 is passed over (every method scores 0 there): a short run is shown beside
+    the paper's first point after it, 0.1M."""
     points = reference.get((task, method))
     if not points:
         return None
-    at, value = min(points, key=lambda point: abs(point[0] * 1e6 - step))
+    trained = [point for point in points if point[0] > 0] if step > 0 else points
+    at, value = min(trained or points, key=lambda point: abs(point[0] * 1e6 - step))
     return value, at
 
 
@@ -149,7 +152,8 @@ def headline(rows: list[dict], label: str) -> float:
 
 
 def markdown_table(rows: list[dict], task: str, reference: dict) -> str:
-    """Success against steps for every label, with the paper's methods at the nearest reference step."""
+    """Success against steps for every label, with the paper's methods at the nearest trained reference
+    step (paper_value)."""
     labels = sorted({r["label"] for r in rows})
     steps = sorted({r["step"] for r in rows})
     header = ["step", *[f"{label} (wall s)" for label in labels], *[f"paper {m}" for m in PAPER_METHODS]]
