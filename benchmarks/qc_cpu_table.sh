@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The `qc` recipe's table on 2 CPU cores (benchmarks/RESULTS.md, "QC on the CPU"): about 10 hours. Run it
+# The `qc` recipe's table on 2 CPU cores (benchmarks/RESULTS.md, "QC on the CPU"): 20 to 25 core-hours. Run it
 # from a checkout with `make install` done, e.g. in a clone of its own so that edits elsewhere do not reach
 # the runs: `bash benchmarks/qc_cpu_table.sh`. Every step is idempotent: stores that exist are kept,
 # finished runs are reused, and a run that stopped half-way resumes exactly from its last checkpoint, so
