@@ -385,15 +385,15 @@ def run_all(runs: list[PlannedRun], jobs: int) -> list[PlannedRun]:
                     active[launch(run, threads, quiet=jobs > 1)] = run
                 while all(p.poll() is None for p in active) and not stop.requested:
                     time.sleep(1.0)
-                if stop.requested:
-                    wait_for_stopping(active, stop.signum)
-                    raise stop.stopped("stopped; the same command resumes every run from its checkpoint")
                 for process in [p for p in active if p.poll() is not None]:
                     run = active.pop(process)
                     status = "done" if process.returncode == 0 else f"FAILED (exit {process.returncode})"
                     print(f"{status:<12} {run.label} seed {run.seed} ({run.run_dir})")
                     if process.returncode != 0:
                         failed.append(run)
+                if stop.requested:
+                    wait_for_stopping(active, stop.signum)
+                    raise stop.stopped("stopped; the same command resumes every run from its checkpoint")
         except KeyboardInterrupt:  # the second signal: the runs, which had the first, stop at once too
             for process in active:
                 process.send_signal(signal.SIGINT)

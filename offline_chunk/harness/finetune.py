@@ -276,43 +276,44 @@ def _loop(run: OnlineRun, collector: Collector, writer: SummaryWriter, progress:
         _next_multiple(collector.env_steps, settings.checkpoint_every), settings.env_steps
     )
     with stop_requests("the episodes under way finish, then a checkpoint to resume from") as stop:
-        while True:
-            if stop.requested:  # no episode starts any more; the checkpoint comes when they have ended
-                collector.stop_at = min(collector.stop_at, collector.env_steps)
-            if collector.idle():
-                finishing = collector.env_steps >= settings.env_steps
-                name = "final.pt" if finishing else f"step_{collector.env_steps:08d}.pt"
-                path = run.checkpoint(name, collector.env_steps)
-                if finishing:
-                    break
-                if stop.requested:
-                    bar.close()
-                    steps = f"{collector.env_steps:,} environment steps"
-                    raise stop.stopped(f"stopped at {steps}; resume with --resume {path}", path)
-                next_checkpoint = _next_multiple(collector.env_steps, settings.checkpoint_every)
-                collector.restart(min(next_checkpoint, settings.env_steps))
-            start, before = time.perf_counter(), collector.env_steps
-            for rows in collector.advance():
-                run.add(rows)
-                writer.add_scalar("collect/return", rows.episode.episode_return, collector.env_steps)
-                writer.add_scalar("collect/success", float(rows.episode.success), collector.env_steps)
-            stepped = collector.env_steps - before
-            clock["collect"] += time.perf_counter() - start
-            clock["collected"] += stepped
-            bar.update(stepped)
-            if collector.env_steps >= settings.warmup:
-                start = time.perf_counter()
-                for _ in range(settings.utd * stepped):
-                    log.add(run.agent.update(run.sampler.sample()))
-                    updates_done += 1
-                    if updates_done % settings.log_every == 0:
-                        _log_metrics(run, writer, log, collector.env_steps, clock, updates_done)
-                clock["update"] += time.perf_counter() - start
-            if settings.eval_every and collector.env_steps >= next_eval:
-                evaluated = run.checkpoint("latest.pt", collector.env_steps, resumable=False)
-                _evaluate(run, writer, evaluated, collector.env_steps)
-                next_eval = _next_multiple(collector.env_steps, settings.eval_every)
-    bar.close()
+        try:
+            while True:
+                if stop.requested:  # no episode starts any more; the checkpoint comes when they have ended
+                    collector.stop_at = min(collector.stop_at, collector.env_steps)
+                if collector.idle():
+                    finishing = collector.env_steps >= settings.env_steps
+                    name = "final.pt" if finishing else f"step_{collector.env_steps:08d}.pt"
+                    path = run.checkpoint(name, collector.env_steps)
+                    if finishing:
+                        break
+                    if stop.requested:
+                        steps = f"{collector.env_steps:,} environment steps"
+                        raise stop.stopped(f"stopped at {steps}; resume with --resume {path}", path)
+                    next_checkpoint = _next_multiple(collector.env_steps, settings.checkpoint_every)
+                    collector.restart(min(next_checkpoint, settings.env_steps))
+                start, before = time.perf_counter(), collector.env_steps
+                for rows in collector.advance():
+                    run.add(rows)
+                    writer.add_scalar("collect/return", rows.episode.episode_return, collector.env_steps)
+                    writer.add_scalar("collect/success", float(rows.episode.success), collector.env_steps)
+                stepped = collector.env_steps - before
+                clock["collect"] += time.perf_counter() - start
+                clock["collected"] += stepped
+                bar.update(stepped)
+                if collector.env_steps >= settings.warmup:
+                    start = time.perf_counter()
+                    for _ in range(settings.utd * stepped):
+                        log.add(run.agent.update(run.sampler.sample()))
+                        updates_done += 1
+                        if updates_done % settings.log_every == 0:
+                            _log_metrics(run, writer, log, collector.env_steps, clock, updates_done)
+                    clock["update"] += time.perf_counter() - start
+                if settings.eval_every and collector.env_steps >= next_eval:
+                    evaluated = run.checkpoint("latest.pt", collector.env_steps, resumable=False)
+                    _evaluate(run, writer, evaluated, collector.env_steps)
+                    next_eval = _next_multiple(collector.env_steps, settings.eval_every)
+        finally:
+            bar.close()
     _write_speed(run, collector.env_steps, updates_done, clock)
     return path
 

@@ -291,7 +291,7 @@ def q_by_steps_to_terminal(result: QOnDemos, edges=STEPS_TO_GOAL_EDGES) -> list[
     following = np.minimum(np.searchsorted(terminal_rows, result.row), len(terminal_rows) - 1)
     next_terminal = terminal_rows[following]
     ahead = (next_terminal >= result.row) & (result.episode[result.terminal][following] == result.episode)
-    steps = (next_terminal - result.row)[ahead]
+    steps, q, mc_return = (next_terminal - result.row)[ahead], result.q[ahead], result.mc_return[ahead]
     bins = np.searchsorted(np.asarray(edges), steps, side="right") - 1
     table = []
     for k, low in enumerate(edges):
@@ -303,8 +303,8 @@ def q_by_steps_to_terminal(result: QOnDemos, edges=STEPS_TO_GOAL_EDGES) -> list[
                     "steps": f"{low}-{high - 1}" if high is not None else f"{low}+",
                     "rows": int(inside.sum()),
                     "mean_steps": float(steps[inside].mean()),
-                    "mean_q": float(result.q[ahead][inside].mean()),
-                    "mean_return": float(result.mc_return[ahead][inside].mean()),
+                    "mean_q": float(q[inside].mean()),
+                    "mean_return": float(mc_return[inside].mean()),
                 }
             )
     return table
