@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 
 GL_BACKENDS = ("egl", "osmesa")  # headless MuJoCo rendering: GPU (or Mesa) EGL, then software OSMesa
 GL_PROBE = (
@@ -41,6 +42,15 @@ def find_gl_backend() -> tuple[str | None, str]:
         last_line = (probe.stderr.strip().splitlines() or [f"exit status {probe.returncode}"])[-1]
         failures.append(f"{backend}: {last_line[:160]}")
     return None, "no MuJoCo GL backend renders here (" + "; ".join(failures) + ")"
+
+
+def require_gl_backend(refuse: Callable[[str], Exception]) -> str:
+    """The backend, for work that cannot run without rendering (visual datasets and environments); where
+    none works, raises refuse(why), the caller's error for its input."""
+    backend, why = find_gl_backend()
+    if backend is None:
+        raise refuse(f"renders its observations, and {why}: {GL_HELP}")
+    return backend
 
 
 GL_PACKAGES = ("libegl1", "libosmesa6")  # Debian's EGL and OSMesa runtime libraries

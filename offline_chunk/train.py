@@ -36,7 +36,7 @@ from offline_chunk.config import RunConfig
 from offline_chunk.data.dataset import OfflineRLDataset
 from offline_chunk.data.normalize import Normalizer
 from offline_chunk.data.store import frame_bytes
-from offline_chunk.errors import ConfigError, DivergenceError
+from offline_chunk.errors import ConfigError, DataError, DivergenceError
 from offline_chunk.stopping import stop_requests
 
 
@@ -163,6 +163,12 @@ def build_sampler(cfg: RunConfig, device: torch.device, stream_state: dict | Non
     dataset = OfflineRLDataset(
         cfg.dataset, cfg.horizon, cfg.obs_horizon, cfg.gamma, cfg.drop_partial, lazy_frames=stream
     )
+    if len(dataset) == 0:  # drop_partial: every episode is shorter than H and ends in no terminal
+        raise DataError(
+            cfg.dataset,
+            f"no chunk transitions at horizon={cfg.horizon}: every episode is shorter than the chunk and "
+            f"none ends in a terminal; lower horizon, or set drop_partial=false to train on partial chunks",
+        )
     fields = batch_fields(cfg.agent)
     if not stream:
         cameras = bool(dataset.data.images)
@@ -305,7 +311,7 @@ def train_loop(run: Run) -> Path:
     if run.step and evaluating() and run.step not in evaluated_steps(run.run_dir):
         evaluate_in_training(run, writer, run.checkpoint())  # resumed where an evaluation did not finish
     clock = rate_clock = time.perf_counter()  # start of the current stretch of updates; of the log interval
-    rate_step = run.step
+    rate_step, saved = run.step, None  # saved: the latest checkpoint written by this loop
     with stop_requests("stopping after this update, with a checkpoint to resume from") as stop:
         try:
             while run.step < cfg.steps and not stop.requested:
@@ -320,9 +326,9 @@ def train_loop(run: Run) -> Path:
                 if checkpointing or evaluating():
                     now = time.perf_counter()
                     run.train_seconds, clock = run.train_seconds + now - clock, now
-                    saved = run.checkpoint() if checkpointing else None
+                    saved = run.checkpoint() if checkpointing else saved
                     if evaluating():
-                        evaluate_in_training(run, writer, saved or run.checkpoint())
+                        evaluate_in_training(run, writer, saved if checkpointing else run.checkpoint())
                         clock = rate_clock = time.perf_counter()  # the evaluation's time is not training time
                         rate_step = run.step
         except KeyboardInterrupt:
@@ -334,7 +340,8 @@ def train_loop(run: Run) -> Path:
             bar.close()
     run.train_seconds += time.perf_counter() - clock
     if run.step < cfg.steps:  # stopped on request, between two updates
-        path = run.checkpoint()
+        on_a_checkpoint = saved is not None and saved.name == f"step_{run.step:08d}.pt"
+        path = saved if on_a_checkpoint else run.checkpoint()
         raise stop.stopped(f"stopped at step {run.step:,}; resume with --resume {path}", path)
     return run.checkpoint("final.pt")
 

@@ -19,7 +19,8 @@ from offline_chunk.agents.targets import (
 )
 from offline_chunk.checkpoint import read_checkpoint
 from offline_chunk.config import load_config
-from offline_chunk.errors import CheckpointError, ConfigError
+from offline_chunk.data.store import StepData, write_store
+from offline_chunk.errors import CheckpointError, ConfigError, DataError
 from offline_chunk.harness.cli import main
 from offline_chunk.train import build_run, train
 
@@ -332,6 +333,29 @@ def test_truncated_checkpoint_is_refused(tmp_path):
     truncated.write_bytes(final.read_bytes()[: final.stat().st_size // 2])
     with pytest.raises(CheckpointError, match="not a readable checkpoint"):
         load_agent(truncated)
+
+
+def test_a_store_whose_episodes_are_all_shorter_than_the_chunk_is_refused_before_training(tmp_path):
+    """Ten 3-step episodes without terminals, H = 4: drop_partial keeps no start (none has τ = H or d = 1),
+    so there is nothing to sample; the error says why and what to change. drop_partial=false trains."""
+    rows = 30
+    store = write_store(
+        StepData(
+            observations={"obs": np.zeros((rows, 3), np.float32)},
+            action=np.zeros((rows, 2), np.float32),
+            reward=np.zeros(rows, np.float32),
+            terminal=np.zeros(rows, bool),
+            episode_ends=np.arange(3, rows + 1, 3),
+        ),
+        tmp_path / "short.zarr",
+    )
+    with pytest.raises(
+        DataError, match="short.zarr: no chunk transitions at horizon=4: .*drop_partial=false"
+    ):
+        train(tiny_config("cpql", store, tmp_path / "run", "horizon=4", "steps=2"))
+    assert not (tmp_path / "run").exists()
+    partial = tiny_config("cpql", store, tmp_path / "partial", "horizon=4", "steps=2", "drop_partial=false")
+    assert train(partial).exists()
 
 
 def test_unknown_override_is_an_error():

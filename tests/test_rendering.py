@@ -26,3 +26,26 @@ def test_a_failed_apt_install_is_reported_with_its_last_line(monkeypatch):
         False,
         "apt-get install libegl1 libosmesa6 failed: E: Unable to locate package libegl1",
     )
+
+
+def test_visual_datasets_and_environments_without_a_backend_are_refused_in_their_callers_terms(
+    monkeypatch, tmp_path
+):
+    """Generating a visual dataset is a DataError naming the dataset; evaluating in a visual environment a
+    ConfigError naming the environment; both say why no backend works and what to install."""
+    import pytest
+
+    from offline_chunk.data.sources import convert
+    from offline_chunk.errors import ConfigError, DataError
+    from offline_chunk.harness.evaluation.settings import gl_backend_for
+
+    monkeypatch.setattr(gl, "find_gl_backend", lambda: (None, "no MuJoCo GL backend renders here (egl: x)"))
+    renders = r"renders its observations, and no MuJoCo GL backend renders here \(egl: x\): install EGL"
+    with pytest.raises(ConfigError, match=f"^visual-scene-singletask-task1-v0 {renders}"):
+        gl_backend_for(0, "visual-scene-singletask-task1-v0")
+    with pytest.raises(DataError, match=f"^visual-scene-play-singletask-task1-v0: {renders}"):
+        convert(
+            "ogbench:visual-scene-play-singletask-task1-v0?episodes=1&steps=5&workers=1",
+            out=tmp_path / "never.zarr",
+            progress=False,
+        )

@@ -54,6 +54,22 @@ def test_a_stopped_run_finishes_its_update_and_resumes_from_it_bit_identically(t
     assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
 
 
+def test_a_stop_on_a_checkpoint_step_writes_that_checkpoint_once(tmp_path, monkeypatch):
+    """checkpoint_every=20, SIGTERM as update 20 begins: the loop's step_00000020.pt is the resume point; it
+    is not written a second time on the way out."""
+    import offline_chunk.train as training
+
+    store, written = chain_store(tmp_path / "chain.zarr"), []
+    original = training.save_checkpoint
+    monkeypatch.setattr(
+        training, "save_checkpoint", lambda path, *a: written.append(path) or original(path, *a)
+    )
+    signal_at_update(monkeypatch, "td3bc", 20, signals=1)
+    with pytest.raises(RunStopped, match="stopped at step 20; resume with --resume .*step_00000020.pt"):
+        train(tiny_config("td3bc", store, tmp_path / "run", "steps=40", "checkpoint_every=20"))
+    assert [path.name for path in written] == ["step_00000020.pt"]
+
+
 def test_a_second_signal_stops_at_once_and_saves_nothing(tmp_path, monkeypatch):
     store = chain_store(tmp_path / "chain.zarr")
     cfg = tiny_config("td3bc", store, tmp_path / "run", "steps=40", "checkpoint_every=10")

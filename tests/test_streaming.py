@@ -144,6 +144,23 @@ def test_a_restored_sampler_continues_exactly(store):
         assert torch.equal(got["images"]["cam"], want["images"]["cam"])
 
 
+def test_blocks_where_no_transition_starts_never_take_a_slot(tmp_path):
+    """Rows 700..1299 are 300 two-step episodes, shorter than the chunk (H = 3, drop_partial): no transition
+    starts there, so blocks 3 (rows 768..1023) and 4 (1024..1279) hold none. Were they to enter the buffer
+    together (two slots), the batch would have nothing to draw; they stay out of the order instead, and a
+    pass still reaches every block that starts transitions."""
+    short = row_coded_store(tmp_path / "short.zarr", lengths=(700,) + (2,) * 300 + (1700,))
+    starting = set(range(12)) - {3, 4}
+    for seed in range(4):
+        _, sampler = streaming(short, budget_blocks=2, seed=seed)
+        seen = set()
+        for _ in range(2 * len(starting) * sampler.swap_every):
+            assert set(sampler.resident.values()) <= starting
+            batch = sampler.sample()
+            seen |= set((batch["observations"][:, -1, 0].long() // sampler.block_rows).tolist())
+        assert seen == starting, seed
+
+
 def test_a_budget_below_two_blocks_is_refused(store):
     with pytest.raises(ConfigError, match="streaming needs room for 2 blocks of 256 rows"):
         streaming(store, budget_blocks=1)

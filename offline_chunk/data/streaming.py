@@ -83,14 +83,22 @@ class StreamingSampler(ChunkSampler):
         self.frames, self.seed, self.block_rows = frames, int(seed), int(block_rows)
         rows = len(tensors.obs)
         self.num_blocks = math.ceil(rows / block_rows)
+        start_block = tensors.start.cpu().numpy() // block_rows
+        order = np.argsort(start_block, kind="stable")
+        self.ids_by_block = torch.as_tensor(order, device=device)
+        self.block_offsets = np.searchsorted(start_block[order], np.arange(self.num_blocks + 1))
+        # only blocks where transitions start enter the buffer (rows of episodes shorter than a chunk, with
+        # drop_partial, start none): a resident set of such blocks alone would have nothing to draw
+        self.blocks = np.flatnonzero(np.diff(self.block_offsets) > 0)
         self.window_rows = window_rows(block_rows, obs_horizon, horizon)
         needed = window_bytes(frames, block_rows, obs_horizon, horizon)
-        self.slots = min(int(budget_bytes // needed), self.num_blocks)
-        if self.slots < 2:
+        fits = int(budget_bytes // needed)
+        if fits < 2:
             raise ConfigError(
                 f"frame_budget_mb={budget_bytes / 2**20:.3g}: streaming needs room for 2 blocks of "
                 f"{block_rows} rows, {2 * needed / 2**20:.3g} MB"
             )
+        self.slots = min(fits, len(self.blocks))
         self.swap_every = max(1, block_rows // batch_size)
         self.row_slot = torch.zeros(rows, dtype=torch.int64, device=device)
         self.row_position = torch.zeros(rows, dtype=torch.int64, device=device)
@@ -100,10 +108,6 @@ class StreamingSampler(ChunkSampler):
             buffer = torch.zeros((self.slots, self.window_rows, channels, height, width), dtype=torch.uint8,
                                  device=device)  # fmt: skip
             resident[camera] = ResidentFrames(buffer, self.row_slot, self.row_position)
-        start_block = tensors.start.cpu().numpy() // block_rows
-        order = np.argsort(start_block, kind="stable")
-        self.ids_by_block = torch.as_tensor(order, device=device)
-        self.block_offsets = np.searchsorted(start_block[order], np.arange(self.num_blocks + 1))
         with_frames = ChunkTensors(**{**tensors.__dict__, "images": resident})
         super().__init__(with_frames, batch_size, horizon, obs_horizon, device, None, seed, next_actions,
                          return_bounds, images=True)  # fmt: skip
@@ -113,10 +117,11 @@ class StreamingSampler(ChunkSampler):
     # ------------------------------------------------------------------ the block order
 
     def block_at(self, position: int) -> int:
-        """The block entering at `position` of the order: a seeded permutation per epoch of the blocks."""
-        epoch, within = divmod(position, self.num_blocks)
+        """The block entering at `position` of the order: a seeded permutation per epoch of the blocks that
+        start transitions."""
+        epoch, within = divmod(position, len(self.blocks))
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return int(torch.randperm(self.num_blocks, generator=generator)[within])
+        return int(self.blocks[torch.randperm(len(self.blocks), generator=generator)[within]])
 
     def window(self, block: int) -> tuple[int, int]:
         """Rows [low, high) of block `block`'s window: from j·R − (To − 1) to (j + 1)·R − 1 + H."""

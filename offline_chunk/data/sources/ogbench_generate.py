@@ -39,6 +39,7 @@ from offline_chunk.data.sources.ogbench_npz import (
 )
 from offline_chunk.data.store import StepData
 from offline_chunk.errors import DataError
+from offline_chunk.rendering import require_gl_backend
 
 # Measured on the 2-core development machine: about 44 scene episodes (1001 steps each) per minute with
 # 2 workers (23 with 1), so the default of 100 episodes (100,100 rows) takes about 2.5 minutes.
@@ -87,7 +88,7 @@ def load(spec, progress: bool = True) -> StepData:
     collection = parse_dataset_name(name, steps)
     check_reward_mode(options["reward"], name)  # before minutes of generation, not after
     if name.startswith(VISUAL_PREFIX):
-        collection = replace(collection, gl_backend=gl_backend_for(name))
+        collection = replace(collection, gl_backend=require_gl_backend(lambda why: DataError(name, why)))
     raw = generate(collection, episodes, seed, workers, progress)
     attrs = {
         "source_format": "ogbench_generate",
@@ -103,15 +104,6 @@ def load(spec, progress: bool = True) -> StepData:
         },
     }
     return raw_to_step_data(raw, f"ogbench:{name}", name, options["reward"], attrs)
-
-
-def gl_backend_for(name: str) -> str:
-    from offline_chunk.rendering import GL_HELP, find_gl_backend
-
-    backend, why = find_gl_backend()
-    if backend is None:
-        raise DataError(name, f"renders its observations, and {why}: {GL_HELP}")
-    return backend
 
 
 def default_workers() -> int:

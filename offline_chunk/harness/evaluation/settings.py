@@ -10,7 +10,7 @@ from offline_chunk.checkpoint import pick_device
 from offline_chunk.data.sources.ogbench_npz import VISUAL_PREFIX, sparse_reward
 from offline_chunk.errors import ConfigError
 from offline_chunk.harness.envs.ogbench_env import env_id_from_store, store_attributes, time_limit
-from offline_chunk.rendering import GL_HELP, find_gl_backend
+from offline_chunk.rendering import find_gl_backend, require_gl_backend
 
 
 def training_store_attributes(payload: dict) -> dict:
@@ -58,10 +58,7 @@ def gl_backend_for(render: int, env_id: str = "") -> str | None:
     """The GL backend the workers render with: needed for GIFs (`render` episodes) and by the visual
     environments, whose observations are rendered."""
     if env_id.startswith(VISUAL_PREFIX):
-        backend, why = find_gl_backend()
-        if backend is None:
-            raise ConfigError(f"{env_id} renders its observations, and {why}: {GL_HELP}")
-        return backend
+        return require_gl_backend(lambda why: ConfigError(f"{env_id} {why}"))
     if render == 0:
         return None
     backend, why = find_gl_backend()
