@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -58,7 +59,7 @@ from offline_chunk.harness.evaluation.rollouts import vector_env
 from offline_chunk.harness.evaluation.settings import REWARD_TRANSFORMS, reward_convention
 from offline_chunk.harness.evaluation.stats import Episode
 from offline_chunk.sections import Section
-from offline_chunk.stopping import stop_requests
+from offline_chunk.stopping import StopRequest, stop_requests
 from offline_chunk.train import MetricLog, append_row
 
 EVAL_SEED_OFFSET = 1_000_000  # evaluation episodes reset with seeds no collection episode uses
@@ -258,8 +259,27 @@ def _plan(agent, noise: float, histories: np.ndarray) -> np.ndarray:
     return agent.act(torch.as_tensor(histories, device=device), explore=noise).cpu().numpy()
 
 
+@dataclass
+class Throughput:
+    """What this process did (a resumed run's rates count only its own work): seconds collecting and
+    updating, environment steps collected, updates made."""
+
+    collect_s: float = 0.0
+    update_s: float = 0.0
+    collected: int = 0
+    updates: int = 0
+
+    @property
+    def env_steps_per_s(self) -> float:
+        return self.collected / max(self.collect_s, 1e-9)
+
+    @property
+    def updates_per_s(self) -> float:
+        return self.updates / max(self.update_s, 1e-9)
+
+
 def _loop(run: OnlineRun, collector: Collector, writer: SummaryWriter, progress: bool) -> Path:
-    settings, log = run.settings, MetricLog()
+    settings, log, done = run.settings, MetricLog(), Throughput()
     bar = tqdm(
         total=settings.env_steps,
         initial=collector.env_steps,
@@ -267,9 +287,6 @@ def _loop(run: OnlineRun, collector: Collector, writer: SummaryWriter, progress:
         unit="step",
         disable=not progress,
     )
-    # seconds collecting and updating, and steps collected, in this process (a resumed run's rates count
-    # only what it did itself)
-    clock, updates_done = {"collect": 0.0, "update": 0.0, "collected": 0}, 0
     next_eval = _next_multiple(collector.env_steps, settings.eval_every)
     # Episodes stop starting when a checkpoint or the end is due; it is taken once they have all ended.
     collector.stop_at = min(
@@ -280,42 +297,58 @@ def _loop(run: OnlineRun, collector: Collector, writer: SummaryWriter, progress:
             while True:
                 if stop.requested:  # no episode starts any more; the checkpoint comes when they have ended
                     collector.stop_at = min(collector.stop_at, collector.env_steps)
-                if collector.idle():
-                    finishing = collector.env_steps >= settings.env_steps
-                    name = "final.pt" if finishing else f"step_{collector.env_steps:08d}.pt"
-                    path = run.checkpoint(name, collector.env_steps)
-                    if finishing:
-                        break
-                    if stop.requested:
-                        steps = f"{collector.env_steps:,} environment steps"
-                        raise stop.stopped(f"stopped at {steps}; resume with --resume {path}", path)
-                    next_checkpoint = _next_multiple(collector.env_steps, settings.checkpoint_every)
-                    collector.restart(min(next_checkpoint, settings.env_steps))
-                start, before = time.perf_counter(), collector.env_steps
-                for rows in collector.advance():
-                    run.add(rows)
-                    writer.add_scalar("collect/return", rows.episode.episode_return, collector.env_steps)
-                    writer.add_scalar("collect/success", float(rows.episode.success), collector.env_steps)
-                stepped = collector.env_steps - before
-                clock["collect"] += time.perf_counter() - start
-                clock["collected"] += stepped
+                if collector.idle() and (path := _checkpoint_between_episodes(run, collector, stop)):
+                    break
+                stepped = _collect(run, collector, writer, done)
                 bar.update(stepped)
                 if collector.env_steps >= settings.warmup:
-                    start = time.perf_counter()
-                    for _ in range(settings.utd * stepped):
-                        log.add(run.agent.update(run.sampler.sample()))
-                        updates_done += 1
-                        if updates_done % settings.log_every == 0:
-                            _log_metrics(run, writer, log, collector.env_steps, clock, updates_done)
-                    clock["update"] += time.perf_counter() - start
+                    _update(run, log, writer, settings.utd * stepped, collector.env_steps, done)
                 if settings.eval_every and collector.env_steps >= next_eval:
                     evaluated = run.checkpoint("latest.pt", collector.env_steps, resumable=False)
                     _evaluate(run, writer, evaluated, collector.env_steps)
                     next_eval = _next_multiple(collector.env_steps, settings.eval_every)
         finally:
             bar.close()
-    _write_speed(run, collector.env_steps, updates_done, clock)
+    _write_speed(run, collector.env_steps, done)
     return path
+
+
+def _checkpoint_between_episodes(run: OnlineRun, collector: Collector, stop: StopRequest) -> Path | None:
+    """Every episode has ended: the checkpoint that was due. Returns final.pt when the run is done; raises
+    RunStopped when a stop was requested; otherwise lets episodes start until the next checkpoint."""
+    settings, env_steps = run.settings, collector.env_steps
+    finishing = env_steps >= settings.env_steps
+    path = run.checkpoint("final.pt" if finishing else f"step_{env_steps:08d}.pt", env_steps)
+    if finishing:
+        return path
+    if stop.requested:
+        raise stop.stopped(f"stopped at {env_steps:,} environment steps; resume with --resume {path}", path)
+    collector.restart(min(_next_multiple(env_steps, settings.checkpoint_every), settings.env_steps))
+    return None
+
+
+def _collect(run: OnlineRun, collector: Collector, writer: SummaryWriter, done: Throughput) -> int:
+    """One step of every running environment; the episodes that ended join the replay. Returns the
+    environment steps taken."""
+    start, before = time.perf_counter(), collector.env_steps
+    for rows in collector.advance():
+        run.add(rows)
+        writer.add_scalar("collect/return", rows.episode.episode_return, collector.env_steps)
+        writer.add_scalar("collect/success", float(rows.episode.success), collector.env_steps)
+    stepped = collector.env_steps - before
+    done.collect_s += time.perf_counter() - start
+    done.collected += stepped
+    return stepped
+
+
+def _update(run: OnlineRun, log: MetricLog, writer, updates: int, env_steps: int, done: Throughput) -> None:
+    start = time.perf_counter()
+    for _ in range(updates):
+        log.add(run.agent.update(run.sampler.sample()))
+        done.updates += 1
+        if done.updates % run.settings.log_every == 0:
+            _log_metrics(run, writer, log, env_steps, done)
+    done.update_s += time.perf_counter() - start
 
 
 def _next_multiple(steps: int, every: int) -> int:
@@ -323,11 +356,11 @@ def _next_multiple(steps: int, every: int) -> int:
     return (steps // every + 1) * every if every else np.iinfo(np.int64).max
 
 
-def _log_metrics(run: OnlineRun, writer, log: MetricLog, env_steps: int, clock: dict, updates: int) -> None:
+def _log_metrics(run: OnlineRun, writer, log: MetricLog, env_steps: int, done: Throughput) -> None:
     for key, value in log.read().items():
         writer.add_scalar(key, value, env_steps)
-    writer.add_scalar("perf/env_steps_per_s", clock["collected"] / max(clock["collect"], 1e-9), env_steps)
-    writer.add_scalar("perf/updates_per_s", updates / max(clock["update"], 1e-9), env_steps)
+    writer.add_scalar("perf/env_steps_per_s", done.env_steps_per_s, env_steps)
+    writer.add_scalar("perf/updates_per_s", done.updates_per_s, env_steps)
     writer.add_scalar("replay/online_chunks", run.replay.online_chunks, env_steps)
 
 
@@ -352,25 +385,25 @@ def _evaluate(run: OnlineRun, writer, checkpoint: Path, env_steps: int) -> None:
     )
 
 
-def _write_speed(run: OnlineRun, env_steps: int, updates: int, clock: dict) -> None:
+def _write_speed(run: OnlineRun, env_steps: int, done: Throughput) -> None:
     """The loop's throughput in this process: environment steps per second of collection, updates per second
     of updating (after a resume, over what the resumed process did)."""
     speed = {
         "env_steps": env_steps,
-        "env_steps_collected": clock["collected"],
-        "online_updates": updates,
-        "collect_s": clock["collect"],
-        "update_s": clock["update"],
-        "env_steps_per_s": clock["collected"] / max(clock["collect"], 1e-9),
-        "updates_per_s": updates / max(clock["update"], 1e-9),
+        "env_steps_collected": done.collected,
+        "online_updates": done.updates,
+        "collect_s": done.collect_s,
+        "update_s": done.update_s,
+        "env_steps_per_s": done.env_steps_per_s,
+        "updates_per_s": done.updates_per_s,
         "episodes": len(run.episodes),
         "successes": sum(e.episode.success for e in run.episodes),
     }
     (run.run_dir / "speed.json").write_text(json.dumps(speed, indent=2) + "\n")
     print(
-        f"finetuned    {run.agent.name}: {env_steps:,} environment steps ({clock['collected']:,} here), "
-        f"{updates:,} updates, "
+        f"finetuned    {run.agent.name}: {env_steps:,} environment steps ({done.collected:,} here), "
+        f"{done.updates:,} updates, "
         f"{speed['episodes']} episodes ({speed['successes']} reached the goal)\n"
-        f"speed        {speed['env_steps_per_s']:.1f} env steps/s collecting, {speed['updates_per_s']:.1f} "
+        f"speed        {done.env_steps_per_s:.1f} env steps/s collecting, {done.updates_per_s:.1f} "
         f"updates/s updating\noutputs      {run.run_dir}"
     )
