@@ -1,9 +1,13 @@
 """What best of N has to choose from (benchmarks/RESULTS.md, QC section): at 256 rows of a checkpoint's store,
 N candidate chunks from its generator, their standard deviation across the N (mean over the chunk's
 dimensions, in the policy's [-1, 1] units) beside the store's action std, and the spread max - min over the
-N of the online critics' mean Q. `--renoise` also samples by multistep consistency sampling (cpql).
+N of the online critics' mean Q. `--renoise` also samples by multistep consistency sampling (cpql), and
+by Euler steps of the probability-flow ODE over 6, 11, 21 and all 40 of its Karras levels with the trained
+denoiser (Karras et al. 2022, Alg. 1 without the Heun correction): what the same network gives when
+sampled as a diffusion model.
 
     PYTHONPATH=. .venv/bin/python benchmarks/qc_candidate_diversity.py <checkpoint> [--candidates 8]
+        [--renoise]
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import argparse
 
 import torch
+from einops import rearrange, repeat
 
 from offline_chunk import load_agent
 from offline_chunk.checkpoint import read_checkpoint
@@ -19,8 +24,20 @@ from offline_chunk.data.dataset import OfflineRLDataset
 ROWS, ROW_SEED = 256, 3
 
 
-def spread(agent, obs: torch.Tensor, n: int) -> tuple[float, torch.Tensor]:
-    candidates = agent.actor.sample_candidates(obs, n)  # (B, N, H, A)
+def ode_candidates(policy, obs: torch.Tensor, n: int, every: int) -> torch.Tensor:
+    """(B, N, H, A) chunks by Euler steps dx/dσ = (x − D(x, σ)) / σ from σ_max z down the Karras levels
+    0, every, 2·every, ..., the last."""
+    feature = repeat(policy.obs_encoder(obs), "b f -> (b n) f", n=n)
+    levels = sorted(set(range(0, len(policy.sigmas), every)) | {len(policy.sigmas) - 1})
+    sigmas = [policy.sigmas[level].expand(len(feature)) for level in levels]
+    x = sigmas[0][:, None, None] * torch.randn(len(feature), policy.horizon, policy.action_dim)
+    for high, low in zip(sigmas[:-1], sigmas[1:], strict=False):
+        slope = (x - policy.denoise(x, high, feature)) / high[:, None, None]
+        x = x + (low - high)[:, None, None] * slope
+    return rearrange(x.clamp(-1, 1), "(b n) h a -> b n h a", n=n)
+
+
+def spread_of(agent, obs: torch.Tensor, candidates: torch.Tensor) -> tuple[float, torch.Tensor]:
     q = agent.critic(obs, candidates).mean(0)  # (B, N)
     return candidates.std(dim=1).mean().item(), q.max(1).values - q.min(1).values
 
@@ -31,7 +48,7 @@ def main() -> None:
     )
     parser.add_argument("checkpoint")
     parser.add_argument("--candidates", type=int, default=8)
-    parser.add_argument("--renoise", action="store_true", help="also multistep sampling at 3 levels (cpql)")
+    parser.add_argument("--renoise", action="store_true", help="also multistep and ODE sampling (cpql)")
     args = parser.parse_args()
     payload = read_checkpoint(args.checkpoint)
     agent = load_agent(args.checkpoint)
@@ -42,13 +59,18 @@ def main() -> None:
     with torch.no_grad():
         obs = agent.network_obs(batch["observations"], None)
         data_std = agent.normalizer.action(batch["actions"]).flatten(0, 1).std(0).mean().item()
-        rows = [("as trained", *spread(agent, obs, args.candidates))]
+        rows = [("as trained", *spread_of(agent, obs, agent.actor.sample_candidates(obs, args.candidates)))]
         if args.renoise:
-            levels = len(agent.actor.sigmas)
-            for level in (levels // 3, levels // 2, 2 * levels // 3):
+            num_levels = len(agent.actor.sigmas)
+            for level in (num_levels // 3, num_levels // 2, 2 * num_levels // 3):
                 agent.actor.sample_steps = [level]
                 sigma = float(agent.actor.sigmas[level])
-                rows.append((f"re-noised to sigma {sigma:.3g}", *spread(agent, obs, args.candidates)))
+                candidates = agent.actor.sample_candidates(obs, args.candidates)
+                rows.append((f"re-noised to sigma {sigma:.3g}", *spread_of(agent, obs, candidates)))
+            for every in (8, 4, 2, 1):
+                candidates = ode_candidates(agent.actor, obs, args.candidates, every)
+                steps = len(set(range(0, num_levels, every)) | {num_levels - 1})
+                rows.append((f"ODE Euler over {steps} levels", *spread_of(agent, obs, candidates)))
     print(f"{args.checkpoint}: {ROWS} store rows, N = {args.candidates}, store action std {data_std:.3f}")
     print(
         "| sampling | candidate std across N | Q spread over N: median | 90th percentile |\n|---|---|---|---|"
