@@ -2,9 +2,8 @@
 N candidate chunks from its generator, their standard deviation across the N (mean over the chunk's
 dimensions, in the policy's [-1, 1] units) beside the store's action std, and the spread max - min over the
 N of the online critics' mean Q. `--renoise` also samples by multistep consistency sampling (cpql), and
-by Euler steps of the probability-flow ODE over 6, 11, 21 and all 40 of its Karras levels with the trained
-denoiser (Karras et al. 2022, Alg. 1 without the Heun correction): what the same network gives when
-sampled as a diffusion model.
+by 5, 10, 20 and 39 Euler steps of the probability-flow ODE with the trained denoiser (`policy.ode_steps`):
+what the same network gives when sampled as a diffusion model.
 
     PYTHONPATH=. .venv/bin/python benchmarks/qc_candidate_diversity.py <checkpoint> [--candidates 8]
         [--renoise]
@@ -15,26 +14,12 @@ from __future__ import annotations
 import argparse
 
 import torch
-from einops import rearrange, repeat
 
 from offline_chunk import load_agent
 from offline_chunk.checkpoint import read_checkpoint
 from offline_chunk.data.dataset import OfflineRLDataset
 
 ROWS, ROW_SEED = 256, 3
-
-
-def ode_candidates(policy, obs: torch.Tensor, n: int, every: int) -> torch.Tensor:
-    """(B, N, H, A) chunks by Euler steps dx/dσ = (x − D(x, σ)) / σ from σ_max z down the Karras levels
-    0, every, 2·every, ..., the last."""
-    feature = repeat(policy.obs_encoder(obs), "b f -> (b n) f", n=n)
-    levels = sorted(set(range(0, len(policy.sigmas), every)) | {len(policy.sigmas) - 1})
-    sigmas = [policy.sigmas[level].expand(len(feature)) for level in levels]
-    x = sigmas[0][:, None, None] * torch.randn(len(feature), policy.horizon, policy.action_dim)
-    for high, low in zip(sigmas[:-1], sigmas[1:], strict=False):
-        slope = (x - policy.denoise(x, high, feature)) / high[:, None, None]
-        x = x + (low - high)[:, None, None] * slope
-    return rearrange(x.clamp(-1, 1), "(b n) h a -> b n h a", n=n)
 
 
 def spread_of(agent, obs: torch.Tensor, candidates: torch.Tensor) -> tuple[float, torch.Tensor]:
@@ -67,10 +52,11 @@ def main() -> None:
                 sigma = float(agent.actor.sigmas[level])
                 candidates = agent.actor.sample_candidates(obs, args.candidates)
                 rows.append((f"re-noised to sigma {sigma:.3g}", *spread_of(agent, obs, candidates)))
-            for every in (8, 4, 2, 1):
-                candidates = ode_candidates(agent.actor, obs, args.candidates, every)
-                steps = len(set(range(0, num_levels, every)) | {num_levels - 1})
-                rows.append((f"ODE Euler over {steps} levels", *spread_of(agent, obs, candidates)))
+            agent.actor.sample_steps = ()
+            for steps in (5, 10, 20, num_levels - 1):
+                agent.actor.use_ode(steps)  # policy.ode_steps
+                candidates = agent.actor.sample_candidates(obs, args.candidates)
+                rows.append((f"ODE, {steps} Euler steps", *spread_of(agent, obs, candidates)))
     print(f"{args.checkpoint}: {ROWS} store rows, N = {args.candidates}, store action std {data_std:.3f}")
     print(
         "| sampling | candidate std across N | Q spread over N: median | 90th percentile |\n|---|---|---|---|"

@@ -42,6 +42,10 @@ class ConsistencyConfig(UNetPolicySizes):
     sample_steps: list[int] = []
     """levels to re-noise to after the first step: [] one-step sampling (official "onestep"); AntMaze:
     multistep, e.g. [20, 39]"""
+    ode_steps: int = Field(0, ge=0, le=200)
+    """0: consistency sampling (sample_steps); k > 0: k Euler steps of the probability-flow ODE with the
+    network as the denoiser (what bc_loss=recon trains), whose one-step sample is about E[a | s]: the
+    spread best of N needs (benchmarks/RESULTS.md, QC section)"""
 
 
 def karras_weight(sigma: torch.Tensor, sigma_data: float = SIGMA_DATA) -> torch.Tensor:
@@ -56,6 +60,8 @@ class ConsistencyChunkPolicy(ChunkGenerator):
     num_scales: N Karras levels sigma_0 = sigma_max > ... > sigma_{N-1} = sigma_min (rho = 7).
     sample_steps: Karras level indices (increasing, in 1..N-1) to re-noise to after the first one-step
     sample D(sigma_max z, sigma_max); empty (default) means one-step sampling.
+    ode_steps: k > 0 samples by k Euler steps of the probability-flow ODE over k + 1 Karras levels instead
+    (evenly spaced indices from 0 to N-1); exclusive with sample_steps.
     """
 
     def __init__(
@@ -68,6 +74,7 @@ class ConsistencyChunkPolicy(ChunkGenerator):
         sigma_max: float = 80.0,
         num_scales: int = 40,
         sample_steps: Sequence[int] = (),
+        ode_steps: int = 0,
         **net_kwargs,
     ):
         super().__init__(obs_dim, obs_horizon, action_dim, horizon, **net_kwargs)
@@ -81,6 +88,18 @@ class ConsistencyChunkPolicy(ChunkGenerator):
         self.register_buffer("sigmas", self.karras.sigmas.to(torch.float32), persistent=False)
         self.num_scales = num_scales
         self.sample_steps = self._checked_sample_steps(sample_steps)
+        self.register_buffer("ode_sigmas", self.sigmas[:0], persistent=False)
+        self.use_ode(ode_steps)
+
+    def use_ode(self, steps: int) -> None:
+        """Sample by `steps` Euler steps of the probability-flow ODE over steps + 1 Karras levels, evenly
+        spaced indices from 0 to N-1 (0: consistency sampling, by `sample_steps`)."""
+        if steps and self.sample_steps:
+            raise ValueError("ode_steps and sample_steps are two samplers: set one of them")
+        if not 0 <= steps < self.num_scales:
+            raise ValueError(f"ode_steps must be in 0..{self.num_scales - 1}, got {steps}")
+        levels = torch.linspace(0, self.num_scales - 1, steps + 1).round().long() if steps else []
+        self.ode_sigmas = self.sigmas[levels]
 
     def _checked_sample_steps(self, sample_steps: Sequence[int]) -> tuple[int, ...]:
         steps = tuple(sample_steps)
@@ -146,6 +165,8 @@ class ConsistencyChunkPolicy(ChunkGenerator):
         return self.consistency_losses(obs, actions, action_mask, used_target, generator)[kind]
 
     def _sample(self, obs_feature: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        if len(self.ode_sigmas):
+            return self._ode_sample(obs_feature, generator)
         batch = obs_feature.shape[0]
         shape = (batch, self.horizon, self.action_dim)
         sigma_max = self.sigmas[0].expand(batch)
@@ -161,3 +182,14 @@ class ConsistencyChunkPolicy(ChunkGenerator):
                 obs_feature,
             )
         return chunk
+
+    def _ode_sample(self, obs_feature: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Euler steps of the probability-flow ODE dx/dσ = (x − D(x, σ)) / σ from x = σ_max z down the
+        levels of `ode_sigmas` (Karras et al. 2022, Alg. 1 without Heun's correction)."""
+        batch = obs_feature.shape[0]
+        x = self.ode_sigmas[0] * standard_normal(
+            (batch, self.horizon, self.action_dim), obs_feature, generator
+        )
+        for high, low in zip(self.ode_sigmas[:-1], self.ode_sigmas[1:], strict=True):
+            x = x + (low - high) * (x - self.denoise(x, high.expand(batch), obs_feature)) / high
+        return x.clamp(-1.0, 1.0)
