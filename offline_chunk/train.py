@@ -311,7 +311,7 @@ def train_loop(run: Run) -> Path:
     if run.step and evaluating() and run.step not in evaluated_steps(run.run_dir):
         evaluate_in_training(run, writer, run.checkpoint())  # resumed where an evaluation did not finish
     clock = rate_clock = time.perf_counter()  # start of the current stretch of updates; of the log interval
-    rate_step, saved = run.step, None  # saved: the latest checkpoint written by this loop
+    rate_step, checkpointing = run.step, False  # checkpointing: the last update's step was saved
     with stop_requests("stopping after this update, with a checkpoint to resume from") as stop:
         try:
             while run.step < cfg.steps and not stop.requested:
@@ -326,9 +326,9 @@ def train_loop(run: Run) -> Path:
                 if checkpointing or evaluating():
                     now = time.perf_counter()
                     run.train_seconds, clock = run.train_seconds + now - clock, now
-                    saved = run.checkpoint() if checkpointing else saved
+                    saved = run.checkpoint() if checkpointing else None
                     if evaluating():
-                        evaluate_in_training(run, writer, saved if checkpointing else run.checkpoint())
+                        evaluate_in_training(run, writer, saved or run.checkpoint())
                         clock = rate_clock = time.perf_counter()  # the evaluation's time is not training time
                         rate_step = run.step
         except KeyboardInterrupt:
@@ -340,8 +340,7 @@ def train_loop(run: Run) -> Path:
             bar.close()
     run.train_seconds += time.perf_counter() - clock
     if run.step < cfg.steps:  # stopped on request, between two updates
-        on_a_checkpoint = saved is not None and saved.name == f"step_{run.step:08d}.pt"
-        path = saved if on_a_checkpoint else run.checkpoint()
+        path = saved if checkpointing else run.checkpoint()
         raise stop.stopped(f"stopped at step {run.step:,}; resume with --resume {path}", path)
     return run.checkpoint("final.pt")
 
