@@ -11,25 +11,39 @@ from offline_chunk.agents import AGENTS
 from offline_chunk.config import load_config
 from offline_chunk.data.store import StepData, write_store
 
-TINY_CRITIC_AND_WIDTH = [
-    "agent.policy.feature_dim=16",
+TINY_UNET_CRITIC = [
     "agent.critic.feature_dim=16",
     "agent.critic.down_dims=[8, 16]",
     "agent.critic.head_hidden=32",
 ]
-TINY_UNET_ACTOR = ["agent.policy.down_dims=[8, 16]", "agent.act.candidates=4"]  # dql, cpql
-TINY_TRANSFORMER_ACTOR = [  # chunk_sac, td3bc
-    "agent.policy.num_heads=2",
-    "agent.policy.feedforward_dim=32",
-    "agent.policy.encoder_layers=1",
-    "agent.policy.decoder_layers=1",
-]
+TINY_ACTORS = {  # each actor family's own knobs
+    "unet": ["agent.policy.feature_dim=16", "agent.policy.down_dims=[8, 16]", "agent.act.candidates=4"],
+    "transformer": [
+        "agent.policy.feature_dim=16",
+        "agent.policy.num_heads=2",
+        "agent.policy.feedforward_dim=32",
+        "agent.policy.encoder_layers=1",
+        "agent.policy.decoder_layers=1",
+    ],
+    "flow": [  # with QC's MLP critics
+        "agent.policy.hidden_dims=[32, 32]",
+        "agent.critic.hidden_dims=[32, 32]",
+        "agent.act.candidates=4",
+        "agent.backup_candidates=4",
+    ],
+}
+ACTOR_FAMILY = {
+    "cpql": "unet",
+    "dql": "unet",
+    "qc": "flow",
+    "chunk_sac": "transformer",
+    "td3bc": "transformer",
+}
 
 
 def tiny_nets(agent: str) -> list[str]:
-    """Overrides that shrink an agent's networks to test size (each actor family has its own knobs)."""
-    transformer = agent in ("chunk_sac", "td3bc")
-    return TINY_CRITIC_AND_WIDTH + (TINY_TRANSFORMER_ACTOR if transformer else TINY_UNET_ACTOR)
+    """Overrides that shrink an agent's networks to test size."""
+    return TINY_UNET_CRITIC + TINY_ACTORS[ACTOR_FAMILY[agent]]
 
 
 TINY_NETS = tiny_nets("cpql")

@@ -130,6 +130,17 @@ PUBLISHED = {  # from the papers' official code, typed here by hand (the files c
         "ema_every": 5,
         "ema_start": 1000,
     },
+    "qc": {  # agents/acfql.py get_config with actor_type=best-of-n; main.py
+        "backup": "best_of_n",
+        "backup_candidates": 32,
+        "q_agg": "mean",
+        "target_actor": "online",
+        "eta": 0.0,
+        "grad_norm": float("inf"),
+        "tau": 0.005,
+        "target_every": 1,
+        "target_start": 0,
+    },
     "chunk_sac": {"init_alpha": 1.0, "alpha_lr": 3e-4, "grad_norm": float("inf"), "tau": 0.005},
     "td3bc": {"alpha": 2.5, "policy_noise": 0.2, "noise_clip": 0.5, "policy_delay": 2, "tau": 0.005},
 }
@@ -139,7 +150,34 @@ PUBLISHED = {  # from the papers' official code, typed here by hand (the files c
 def test_every_agent_config_holds_the_published_defaults(agent):
     defaults = AGENTS[agent].Config()
     assert {key: getattr(defaults, key) for key in PUBLISHED[agent]} == PUBLISHED[agent]
-    assert (defaults.name, defaults.lr, defaults.critic.ensemble, defaults.backup) == (agent, 3e-4, 2, "min")
+    backup = PUBLISHED[agent].get("backup", "min")
+    assert (defaults.name, defaults.lr, defaults.critic.ensemble, defaults.backup) == (agent, 3e-4, 2, backup)
+
+
+def test_qc_networks_and_acting_are_acfqls():
+    """The flow actor (actor_hidden_dims, flow_steps, actor_layer_norm), the critics (value_hidden_dims,
+    layer_norm, num_qs) and best-of-n acting (sample_actions: online critics' mean, argmax of 32)."""
+    defaults = AGENTS["qc"].Config()
+    policy, critic, act = defaults.policy, defaults.critic, defaults.act
+    assert (policy.kind, policy.hidden_dims, policy.flow_steps, policy.layer_norm) == (
+        "flow",
+        [512] * 4,
+        10,
+        False,
+    )
+    assert (critic.kind, critic.hidden_dims, critic.layer_norm, critic.ensemble) == (
+        "mlp",
+        [512] * 4,
+        True,
+        2,
+    )
+    assert (act.actor, act.candidates, act.select, act.critic, act.q_agg) == (
+        "online",
+        32,
+        "argmax",
+        "online",
+        "mean",
+    )
 
 
 def test_the_diffusion_recipes_are_refused_for_single_chunk_agents():

@@ -177,14 +177,19 @@ def reference_mlp(params: dict, obs: torch.Tensor, chunk: torch.Tensor, layer_no
     """QC's Value MLP written out for one member (utils/networks.py): x = [flattened obs, flattened chunk],
     Dense -> GELU (tanh) -> LayerNorm for each hidden layer, then Dense(1); one chunk per state."""
     x = torch.cat([obs.flatten(1), chunk.flatten(1)], dim=1)
-    first = torch.cat([params["obs_layer.weight"], params["chunk_layer.weight"]], dim=1)
-    weights = [first, *[params[f"hidden.{i}.weight"] for i in range(len(MLP_HIDDEN) - 1)]]
-    biases = [params["obs_layer.bias"], *[params[f"hidden.{i}.bias"] for i in range(len(MLP_HIDDEN) - 1)]]
+    first = torch.cat([params["trunk.parts.0.weight"], params["trunk.parts.1.weight"]], dim=1)
+    weights = [first, *[params[f"trunk.hidden.{i}.weight"] for i in range(len(MLP_HIDDEN) - 1)]]
+    biases = [
+        params["trunk.parts.0.bias"],
+        *[params[f"trunk.hidden.{i}.bias"] for i in range(len(MLP_HIDDEN) - 1)],
+    ]
     for i, (weight, bias) in enumerate(zip(weights, biases, strict=True)):
         x = torch.nn.functional.gelu(x @ weight.T + bias, approximate="tanh")
         if layer_norm:
             mean, var = x.mean(-1, keepdim=True), x.var(-1, unbiased=False, keepdim=True)
-            x = (x - mean) / torch.sqrt(var + 1e-6) * params[f"norms.{i}.weight"] + params[f"norms.{i}.bias"]
+            x = (x - mean) / torch.sqrt(var + 1e-6) * params[f"trunk.norms.{i}.weight"] + params[
+                f"trunk.norms.{i}.bias"
+            ]
     return (x @ params["value.weight"].T + params["value.bias"]).squeeze(-1)
 
 
@@ -213,16 +218,18 @@ def test_mlp_critic_initialises_like_flax():
     ensemble = make_mlp_ensemble(hidden_dims=(512, 256))
     params = dict(ensemble.stacked.named_parameters())
     fan_in = OBS_DIM * OBS_HORIZON + ACTION_DIM * 5
-    first = torch.cat([params["obs_layer.weight"], params["chunk_layer.weight"]], dim=-1)
+    first = torch.cat([params["trunk.parts.0.weight"], params["trunk.parts.1.weight"]], dim=-1)
     for weight, bound in (
         (first, (6 / (fan_in + 512)) ** 0.5),
-        (params["hidden.0.weight"], (6 / 768) ** 0.5),
+        (params["trunk.hidden.0.weight"], (6 / 768) ** 0.5),
     ):
         assert weight.abs().max() <= bound
         # a uniform on [-b, b] has standard deviation b / sqrt(3); 512 x 27 draws put it within 2%
         assert abs(weight.std().item() / (bound / 3**0.5) - 1) < 0.02
-    assert all((params[name] == 0).all() for name in ("obs_layer.bias", "hidden.0.bias", "value.bias"))
-    assert not torch.equal(params["obs_layer.weight"][0], params["obs_layer.weight"][1])
+    assert all(
+        (params[name] == 0).all() for name in ("trunk.parts.0.bias", "trunk.hidden.0.bias", "value.bias")
+    )
+    assert not torch.equal(params["trunk.parts.0.weight"][0], params["trunk.parts.0.weight"][1])
 
 
 def test_unknown_critic_kind_is_refused():

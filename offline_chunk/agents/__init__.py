@@ -5,9 +5,12 @@ from offline_chunk.agents.base import AgentConfig, ChunkAgent, DiffusionChunkAge
 from offline_chunk.agents.chunk_sac import ChunkSACAgent
 from offline_chunk.agents.cpql import CPQLAgent
 from offline_chunk.agents.dql import DiffusionDoubleQAgent
+from offline_chunk.agents.qc import QCAgent
 from offline_chunk.agents.td3bc import TD3BCAgent
 
-AGENTS = {agent.name: agent for agent in (CPQLAgent, DiffusionDoubleQAgent, ChunkSACAgent, TD3BCAgent)}
+AGENTS = {
+    agent.name: agent for agent in (CPQLAgent, DiffusionDoubleQAgent, QCAgent, ChunkSACAgent, TD3BCAgent)
+}
 
 
 def make_agent(cfg: AgentConfig, dims: Dims, normalizer, total_steps: int) -> ChunkAgent:
@@ -24,6 +27,7 @@ __all__ = [
     "DiffusionChunkAgent",
     "DiffusionDoubleQAgent",
     "Dims",
+    "QCAgent",
     "TD3BCAgent",
     "make_agent",
 ]

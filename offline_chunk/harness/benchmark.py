@@ -42,6 +42,7 @@ NO_Q = ["agent.eta=0", "agent.act.candidates=1", "agent.target_lower_bound=none"
 BC_ONLY = {
     "dql": NO_Q,
     "cpql": NO_Q,
+    "qc": NO_Q,
     "chunk_sac": ["agent.sac_weight=0"],
     "td3bc": ["agent.alpha=0"],
 }

@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import functools
 import inspect
-import math
 from collections.abc import Sequence
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange, repeat
 from pydantic import Field
 from torch import nn
 
 from offline_chunk.nets.ensemble import Ensemble
+from offline_chunk.nets.mlp import SplitInputMLP, xavier_dense
 from offline_chunk.nets.unet1d import ChunkQNet, ObsEncoder
 from offline_chunk.sections import Section
 
@@ -81,13 +80,9 @@ class ChunkCritic(nn.Module):
 
 
 class MLPChunkCritic(nn.Module):
-    """Q-chunking's critic (github ColinQiyangLi/qc, utils/networks.py `Value` and `MLP`): an MLP on the
-    observation concatenated with the flattened chunk, each hidden layer Dense -> GELU (tanh approximation,
-    flax's default) -> LayerNorm (eps 1e-6, flax's), a Dense(1) value; kernels Xavier-uniform (flax
-    variance_scaling(1, fan_avg, uniform)), biases 0.
-
-    The first Dense is split into its observation columns and its chunk columns, W [s; a] = W_s s + W_a a,
-    so that N candidate chunks of one state share the observation part, computed once per state."""
+    """Q-chunking's critic (github ColinQiyangLi/qc, utils/networks.py `Value`): QC's MLP (nets/mlp.py) on
+    the observation concatenated with the flattened chunk, then a Dense(1) value. The observation's share
+    of the first Dense is computed once per state for N candidate chunks."""
 
     def __init__(
         self,
@@ -99,39 +94,16 @@ class MLPChunkCritic(nn.Module):
         layer_norm: bool = True,
     ):
         super().__init__()
-        obs_in, chunk_in = obs_dim * obs_horizon, action_dim * horizon
-        self.obs_layer = nn.Linear(obs_in, hidden_dims[0])
-        self.chunk_layer = nn.Linear(chunk_in, hidden_dims[0], bias=False)
-        self.hidden = nn.ModuleList(
-            nn.Linear(width_in, width_out)
-            for width_in, width_out in zip(hidden_dims[:-1], hidden_dims[1:], strict=True)
-        )
-        norm = functools.partial(nn.LayerNorm, eps=1e-6) if layer_norm else lambda width: nn.Identity()
-        self.norms = nn.ModuleList(norm(width) for width in hidden_dims)
-        self.value = nn.Linear(hidden_dims[-1], 1)
-        self._init_like_flax(obs_in + chunk_in)
-
-    @torch.no_grad()
-    def _init_like_flax(self, first_fan_in: int) -> None:
-        """Xavier-uniform kernels with the first layer's fan-in that of the whole concatenated input."""
-        first_bound = math.sqrt(6.0 / (first_fan_in + self.obs_layer.out_features))
-        for layer in (self.obs_layer, self.chunk_layer):
-            layer.weight.uniform_(-first_bound, first_bound)
-        for layer in (*self.hidden, self.value):
-            nn.init.xavier_uniform_(layer.weight)
-        for layer in (self.obs_layer, *self.hidden, self.value):
-            nn.init.zeros_(layer.bias)
+        self.trunk = SplitInputMLP([obs_dim * obs_horizon, action_dim * horizon], hidden_dims, layer_norm)
+        self.value = xavier_dense(hidden_dims[-1], 1)
 
     def forward(self, obs: torch.Tensor, chunk: torch.Tensor) -> torch.Tensor:
         if chunk.dim() not in (3, 4):
             raise ValueError(f"chunk must be (B, H, A) or (B, N, H, A), got shape {tuple(chunk.shape)}")
         candidates = chunk.dim() == 4
-        obs_part = self.obs_layer(rearrange(obs, "b t d -> b (t d)"))  # once per state
-        chunk_part = self.chunk_layer(rearrange(chunk, "... h a -> ... (h a)"))
-        x = chunk_part + (obs_part[:, None] if candidates else obs_part)
-        x = self.norms[0](F.gelu(x, approximate="tanh"))
-        for layer, norm in zip(self.hidden, self.norms[1:], strict=True):
-            x = norm(F.gelu(layer(x), approximate="tanh"))
+        obs_part = self.trunk.project(0, rearrange(obs, "b t d -> b (t d)"))  # once per state
+        chunk_part = self.trunk.project(1, rearrange(chunk, "... h a -> ... (h a)"))
+        x = self.trunk(chunk_part + (obs_part[:, None] if candidates else obs_part))
         # The value layer in its parameters' precision under autocast, as ChunkQNet's (execution.py).
         with torch.autocast(x.device.type, enabled=False):
             return self.value(x.to(self.value.weight.dtype)).squeeze(-1)

@@ -1,5 +1,5 @@
-"""Chunk policies: generators of (B, H, A) action chunks in normalized units (diffusion family and
-ACT-style transformers), each with its typed configuration section."""
+"""Chunk policies: generators of (B, H, A) action chunks in normalized units (diffusion family, QC's
+flow-matching MLP and ACT-style transformers), each with its typed configuration section."""
 
 from torch import nn
 
@@ -12,15 +12,19 @@ from offline_chunk.policies.act import (
 from offline_chunk.policies.base import ChunkGenerator
 from offline_chunk.policies.consistency import ConsistencyChunkPolicy, ConsistencyConfig
 from offline_chunk.policies.ddpm import DDPMChunkPolicy, DDPMConfig
+from offline_chunk.policies.flow import FlowChunkPolicy, FlowConfig
 
 POLICIES = {
     "ddpm": DDPMChunkPolicy,
     "consistency": ConsistencyChunkPolicy,
+    "flow": FlowChunkPolicy,
     "act_gaussian": TanhGaussianChunkPolicy,
     "act_deterministic": DeterministicChunkPolicy,
 }
 
-PolicyConfig = ConsistencyConfig | DDPMConfig | GaussianTransformerConfig | DeterministicTransformerConfig
+PolicyConfig = (
+    ConsistencyConfig | DDPMConfig | FlowConfig | GaussianTransformerConfig | DeterministicTransformerConfig
+)
 
 
 def make_policy(cfg: PolicyConfig, **shape) -> nn.Module:
@@ -37,6 +41,8 @@ __all__ = [
     "DDPMConfig",
     "DeterministicChunkPolicy",
     "DeterministicTransformerConfig",
+    "FlowChunkPolicy",
+    "FlowConfig",
     "GaussianTransformerConfig",
     "POLICIES",
     "PolicyConfig",
