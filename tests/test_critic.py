@@ -187,9 +187,8 @@ def reference_mlp(params: dict, obs: torch.Tensor, chunk: torch.Tensor, layer_no
         x = torch.nn.functional.gelu(x @ weight.T + bias, approximate="tanh")
         if layer_norm:
             mean, var = x.mean(-1, keepdim=True), x.var(-1, unbiased=False, keepdim=True)
-            x = (x - mean) / torch.sqrt(var + 1e-6) * params[f"trunk.norms.{i}.weight"] + params[
-                f"trunk.norms.{i}.bias"
-            ]
+            norm = f"trunk.norms.{i}"
+            x = (x - mean) / torch.sqrt(var + 1e-6) * params[f"{norm}.weight"] + params[f"{norm}.bias"]
     return (x @ params["value.weight"].T + params["value.bias"]).squeeze(-1)
 
 

@@ -416,7 +416,8 @@ class DiffusionAgentConfig(TargetSchedule, AgentConfig):
 
 class DiffusionChunkAgent(ChunkAgent):
     """A diffusion-family actor (sample_candidates, bc_loss) with its EMA copy: backups over sampled
-    candidate chunks, the normalised Q term of Diffusion-QL and CPQL, acting by Q over candidates."""
+    candidate chunks, the actor loss L_bc + η · (the normalised Q term of Diffusion-QL and CPQL), acting by
+    Q over candidates."""
 
     acts_by_candidates = True
 
@@ -439,6 +440,17 @@ class DiffusionChunkAgent(ChunkAgent):
         target_q = self.critic_target(next_obs, next_chunks)  # (K, B, N)
         online_q = self.critic(next_obs, next_chunks) if backup == "best_of_n" else None
         return backup_value(backup, target_q, online_q, self.cfg.q_agg)
+
+    def actor_loss(self, obs, actions, action_mask):
+        """bc_weight · L_bc + η · L_q, L_q of a chunk sampled through the whole generator with gradients
+        (Diffusion-QL, CPQL and QC alike; each agent's file states its L_bc)."""
+        bc_loss = self.bc_loss(obs, actions, action_mask)
+        q_loss = self.actor_q_loss(obs, lambda: self.actor.sample(obs, keep_graph=True))
+        return self.weighted_actor_loss(bc_loss, q_loss)
+
+    def bc_loss(self, obs, actions, action_mask) -> torch.Tensor:
+        """The batch's mean behaviour-cloning loss: the generator's own (`bc_loss`)."""
+        return self.actor.bc_loss(obs, actions, action_mask).mean()
 
     def actor_q_loss(self, obs: torch.Tensor, sample) -> torch.Tensor:
         """The normalised Q term of a chunk the actor samples with gradients (`sample()`), or 0 with η = 0:

@@ -41,9 +41,7 @@ class CPQLAgent(DiffusionChunkAgent):
     name = "cpql"
     Config = CPQLConfig
 
-    def actor_loss(self, obs, actions, action_mask):
+    def bc_loss(self, obs, actions, action_mask):
         kind = self.cfg.bc_loss
         target = self.actor_ema if kind == "consistency" else None
-        bc_loss = self.actor.bc_loss(obs, actions, action_mask, kind=kind, target=target).mean()
-        q_loss = self.actor_q_loss(obs, lambda: self.actor.sample(obs, keep_graph=True))
-        return self.weighted_actor_loss(bc_loss, q_loss)
+        return self.actor.bc_loss(obs, actions, action_mask, kind=kind, target=target).mean()

@@ -33,9 +33,3 @@ class DQLConfig(DiffusionAgentConfig):
 class DiffusionDoubleQAgent(DiffusionChunkAgent):
     name = "dql"
     Config = DQLConfig
-
-    def actor_loss(self, obs, actions, action_mask):
-        bc_loss = self.actor.bc_loss(obs, actions, action_mask).mean()
-        # â through all T denoising steps, with gradients
-        q_loss = self.actor_q_loss(obs, lambda: self.actor.sample(obs, keep_graph=True))
-        return self.weighted_actor_loss(bc_loss, q_loss)

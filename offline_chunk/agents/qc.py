@@ -50,8 +50,3 @@ class QCConfig(DiffusionAgentConfig):
 class QCAgent(DiffusionChunkAgent):
     name = "qc"
     Config = QCConfig
-
-    def actor_loss(self, obs, actions, action_mask):
-        bc_loss = self.actor.bc_loss(obs, actions, action_mask).mean()
-        q_loss = self.actor_q_loss(obs, lambda: self.actor.sample(obs, keep_graph=True))
-        return self.weighted_actor_loss(bc_loss, q_loss)
