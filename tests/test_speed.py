@@ -67,6 +67,14 @@ def test_unknown_config_is_refused():
         speed.bench_config("cpql", "tiny")
 
 
+@pytest.mark.parametrize("override", ["horizon=1", "batch_size=64"])
+def test_shape_overrides_are_refused_not_measured_at_the_default_shape(override):
+    # The networks and synthetic data take H and the batch from the arguments: as an override, `horizon=1`
+    # used to be timed at H = 5 and reported as such.
+    with pytest.raises(ValueError, match="--scaling"):
+        speed.bench_setup("qc", "qc_cpu", "cpu", overrides=[override])
+
+
 def test_flop_count_of_a_matrix_product_and_its_backward_by_hand():
     a = torch.randn(64, 32)
     b = torch.randn(32, 16, requires_grad=True)

@@ -124,6 +124,12 @@ def bench_setup(
     overrides: list[str] = (),
     dataset: OfflineRLDataset | None = None,
 ) -> BenchSetup:
+    shaped = [o for o in overrides if o.split("=", 1)[0] in ("batch_size", "horizon")]
+    if shaped:  # the synthetic data and the networks are built at the arguments' batch and H, not at these
+        raise ValueError(
+            f"{', '.join(shaped)}: bench measures at batch {batch_size} and H = {horizon}; "
+            "set them with `bench --scaling --batch-sizes B,.. --horizons H,..` instead"
+        )
     cfg = bench_config(agent, config, [f"batch_size={batch_size}", f"horizon={horizon}", *overrides])
     torch_device = pick_device(device if device != "auto" else cfg.device)
     torch.manual_seed(0)
