@@ -4,13 +4,13 @@
 # utd 1, QC's 5,000-step warm-up, 50 evaluation episodes every 10,000 steps, one thread. Run it from the
 # checkout that ran the table (its runs/qc-cpu and data/bench). Idempotent: a run with checkpoints resumes
 # exactly from its latest step checkpoint; a finished run (DONE) is skipped; a seed whose offline run has not
-# finished is waited for; a failed run stops the script.
+# finished is waited for; a failed run stops the script. AGENT (default qc) names the table's agent, as there.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 for s in ${SEEDS:-0 1 2}; do
-  checkpoint=runs/qc-cpu/scene-task1/cpql-seed$s/checkpoints/final.pt
-  out=runs/qc-cpu/finetune/scene-task1-seed$s
+  checkpoint=runs/qc-cpu/${AGENT:-qc}/scene-task1/${AGENT:-qc}-seed$s/checkpoints/final.pt
+  out=runs/qc-cpu/finetune/${AGENT:-qc}-scene-task1-seed$s
   [ -e "$out/DONE" ] && continue
   while [ ! -e "$checkpoint" ]; do sleep 300; done
   latest=$(ls "$out"/checkpoints/step_*.pt 2>/dev/null | sort | tail -1)

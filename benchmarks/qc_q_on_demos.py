@@ -3,7 +3,7 @@ run, Q of its latest checkpoint against the Monte-Carlo return, over the episode
 over those that never do (q_analysis.summarize_by_outcome); then, on the rows before a goal, Q and G by the
 steps left to it (q_analysis.q_by_steps_to_terminal): how far from the goal the critics see it.
 
-    .venv/bin/python benchmarks/qc_q_on_demos.py runs/qc-cpu/scene-task1/cpql-seed0 ... [--episodes 200]
+    .venv/bin/python benchmarks/qc_q_on_demos.py runs/qc-cpu/qc/scene-task1/qc-seed0 ... [--episodes 200]
 
 A path may also be a checkpoint file (Q at an earlier step of a run).
 
