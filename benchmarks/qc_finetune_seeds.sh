@@ -4,8 +4,9 @@
 # utd 1, QC's 5,000-step warm-up, 50 evaluation episodes every 10,000 steps, THREADS intra-op threads (default
 # 1, to run beside another job; THREADS=2 when it has this 2-core machine to itself). Run it from the
 # checkout that ran the table (its runs/qc-cpu and data/bench). Idempotent: a run with checkpoints resumes
-# exactly from its latest step checkpoint; a finished run (DONE) is skipped; a seed whose offline run has not
-# finished is waited for; a failed run stops the script. AGENT (default qc) names the table's agent, as there.
+# exactly from its latest step checkpoint (given the THREADS it started with: another count rounds
+# differently); a finished run (DONE) is skipped; a seed whose offline run has not finished is waited for; a
+# failed run stops the script. AGENT (default qc) names the table's agent, as there.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=${THREADS:-1} MKL_NUM_THREADS=${THREADS:-1}
