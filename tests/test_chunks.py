@@ -7,8 +7,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from offline_chunk.data.batches import ITEM_KEYS
 from offline_chunk.data.chunks import build_chunk_index
-from offline_chunk.data.dataset import ITEM_KEYS, OfflineRLDataset
+from offline_chunk.data.dataset import OfflineRLDataset
 from offline_chunk.data.store import StepData, write_store
 
 
@@ -102,8 +103,8 @@ def test_index_and_items_match_reference(case):
     index = dataset.index
     assert list(index.start) == sorted(expected)
     for k, t in enumerate(index.start):
-        assert index.length[k] == expected[t]["effective_length"]
-        assert index.done[k] == bool(expected[t]["chunk_done"])
+        assert index.effective_length[k] == expected[t]["effective_length"]
+        assert index.chunk_done[k] == bool(expected[t]["chunk_done"])
     assert len(dataset) == len(expected)
     for k, t in enumerate(index.start):
         assert_item_equal(dataset[k], expected[t])
@@ -138,11 +139,11 @@ def test_hand_computed_episode():
     # t=3: terminal at 3: τ=1, d=1. R = 8
     # t=4: last row of a truncated episode, τ = 0: not a transition.
     np.testing.assert_array_equal(index.start, [0, 1, 2, 3])
-    np.testing.assert_array_equal(index.length, [2, 2, 2, 1])
-    np.testing.assert_array_equal(index.done, [False, False, True, True])
+    np.testing.assert_array_equal(index.effective_length, [2, 2, 2, 1])
+    np.testing.assert_array_equal(index.chunk_done, [False, False, True, True])
     np.testing.assert_array_equal(index.next_row, [2, 3, 4, 4])
     np.testing.assert_allclose(index.cumulative_reward, [2.0, 4.0, 8.0, 8.0])
-    np.testing.assert_allclose(index.discount, [0.25, 0.25, 0.25, 0.5])
+    np.testing.assert_allclose(index.discount_factor, [0.25, 0.25, 0.25, 0.5])
 
 
 def test_truncated_tail_kept_only_without_drop_partial():
@@ -151,7 +152,7 @@ def test_truncated_tail_kept_only_without_drop_partial():
     kept = build_chunk_index(reward, terminal, np.array([4]), horizon=3, gamma=0.9, drop_partial=False)
     # t=0: t+H = 3 <= e-1 = 3, full. t=1: τ = e-1-t = 2. t=2: τ = 1. t=3: τ = 0, dropped.
     np.testing.assert_array_equal(kept.start, [0, 1, 2])
-    np.testing.assert_array_equal(kept.length, [3, 2, 1])
+    np.testing.assert_array_equal(kept.effective_length, [3, 2, 1])
     np.testing.assert_allclose(kept.cumulative_reward, [1 + 0.9 + 0.81, 1.9, 1.0], rtol=1e-6)
     dropped = build_chunk_index(reward, terminal, np.array([4]), horizon=3, gamma=0.9, drop_partial=True)
     np.testing.assert_array_equal(dropped.start, [0])
@@ -163,9 +164,9 @@ def test_horizon_one_is_one_step_transitions():
     index = build_chunk_index(reward, terminal, np.array([3]), horizon=1, gamma=0.99)
     np.testing.assert_array_equal(index.start, [0, 1, 2])
     np.testing.assert_array_equal(index.next_row, [1, 2, 2])
-    np.testing.assert_array_equal(index.done, [False, False, True])
+    np.testing.assert_array_equal(index.chunk_done, [False, False, True])
     np.testing.assert_allclose(index.cumulative_reward, reward)
-    np.testing.assert_allclose(index.discount, [0.99] * 3)
+    np.testing.assert_allclose(index.discount_factor, [0.99] * 3)
 
 
 def test_dataset_reads_store_from_disk(tmp_path):

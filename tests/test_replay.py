@@ -7,7 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from offline_chunk.data.dataset import OfflineRLDataset, gather_chunks
+from offline_chunk.data.batches import gather_chunks
+from offline_chunk.data.dataset import OfflineRLDataset
 from offline_chunk.data.replay import INDEX_FIELDS, ChunkReplay
 from offline_chunk.data.store import StepData
 

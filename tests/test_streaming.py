@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from offline_chunk.data.batches import gather_chunks
 from offline_chunk.data.dataset import OfflineRLDataset
 from offline_chunk.data.store import StepData, frame_bytes, write_store
 from offline_chunk.data.streaming import StreamingSampler, window_bytes
@@ -91,8 +92,6 @@ def test_the_batches_match_the_in_memory_items_field_by_field(store):
     dataset, sampler = streaming(store)
     memory = OfflineRLDataset(store, 3, 2, gamma=0.9)
     ids = sampler.draw_ids()
-    from offline_chunk.data.dataset import gather_chunks
-
     streamed = gather_chunks(sampler.tensors, ids, 3, 2, images=True)
     reference = gather_chunks(memory.tensors, ids, 3, 2, images=True)
     for key, value in reference.items():

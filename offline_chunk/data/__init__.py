@@ -1,7 +1,8 @@
-"""Data layer: step-level store, chunk index, datasets and samplers, source converters."""
+"""Data layer: step-level store, chunk index, batches and samplers, dataset, source converters."""
 
+from offline_chunk.data.batches import ChunkSampler
 from offline_chunk.data.chunks import ChunkIndex, build_chunk_index
-from offline_chunk.data.dataset import ChunkSampler, OfflineRLDataset
+from offline_chunk.data.dataset import OfflineRLDataset
 from offline_chunk.data.store import StepData, open_store, write_store
 
 __all__ = [

@@ -29,10 +29,10 @@ class ChunkIndex:
     episode_begin: np.ndarray  # int64: b, first row of t's episode
     episode_end: np.ndarray  # int64: e, exclusive end of t's episode
     next_row: np.ndarray  # int64: n = min(t + τ, e - 1), the row whose observation follows the chunk
-    length: np.ndarray  # int64: τ, number of recorded steps the chunk covers
-    done: np.ndarray  # bool: d, a terminal was reached inside the chunk
+    effective_length: np.ndarray  # int64: τ, number of recorded steps the chunk covers
+    chunk_done: np.ndarray  # bool: d, a terminal was reached inside the chunk
     cumulative_reward: np.ndarray  # float32: R^(τ) = Σ_{i<τ} γ^i r[t+i]
-    discount: np.ndarray  # float32: γ^τ
+    discount_factor: np.ndarray  # float32: γ^τ
     return_lower_bound: np.ndarray  # float32: L_t, the recorded return from t as a bound (returns.py)
     horizon: int
     gamma: float
@@ -100,10 +100,10 @@ def build_chunk_index(
         episode_begin=begin,
         episode_end=end,
         next_row=np.minimum(start + length, end - 1),
-        length=length,
-        done=done,
+        effective_length=length,
+        chunk_done=done,
         cumulative_reward=returns.astype(np.float32),
-        discount=(float(gamma) ** length.astype(np.float64)).astype(np.float32),
+        discount_factor=(float(gamma) ** length.astype(np.float64)).astype(np.float32),
         return_lower_bound=bounds.astype(np.float32),
         horizon=int(horizon),
         gamma=float(gamma),

@@ -19,13 +19,20 @@ from dataclasses import fields, replace
 import numpy as np
 import torch
 
+from offline_chunk.data.batches import ChunkSampler, ChunkTensors
 from offline_chunk.data.chunks import ChunkIndex, build_chunk_index
-from offline_chunk.data.dataset import ChunkSampler, ChunkTensors
 from offline_chunk.data.returns import return_lower_bounds
 from offline_chunk.data.store import StepData
 
 ROW_POINTERS = ("start", "episode_begin", "episode_end", "next_row")  # index fields that hold rows
-INDEX_FIELDS = (*ROW_POINTERS, "length", "done", "cumulative_reward", "discount", "return_lower_bound")
+INDEX_FIELDS = (
+    *ROW_POINTERS,
+    "effective_length",
+    "chunk_done",
+    "cumulative_reward",
+    "discount_factor",
+    "return_lower_bound",
+)
 
 
 class ChunkReplay:
@@ -173,13 +180,13 @@ class ReplaySampler(ChunkSampler):
 def _allocate(rows: int, obs_dim: int, action_dim: int, device) -> ChunkTensors:
     """Storage for `rows` rows and as many index entries (a start row has at most one)."""
     zeros = lambda *shape, dtype=torch.float32: torch.zeros(shape, dtype=dtype, device=device)  # noqa: E731
-    entries = {name: zeros(rows, dtype=torch.int64) for name in (*ROW_POINTERS, "length")}
+    entries = {name: zeros(rows, dtype=torch.int64) for name in (*ROW_POINTERS, "effective_length")}
     return ChunkTensors(
         obs=zeros(rows, obs_dim),
         action=zeros(rows, action_dim),
-        done=zeros(rows),
+        chunk_done=zeros(rows),
         cumulative_reward=zeros(rows),
-        discount=zeros(rows),
+        discount_factor=zeros(rows),
         return_lower_bound=zeros(rows),
         **entries,
     )

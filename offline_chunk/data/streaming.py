@@ -25,7 +25,7 @@ import threading
 import numpy as np
 import torch
 
-from offline_chunk.data.dataset import ChunkSampler, ChunkTensors
+from offline_chunk.data.batches import ChunkSampler, ChunkTensors
 from offline_chunk.data.store import FRAMES_PER_CHUNK
 from offline_chunk.errors import ConfigError
 

@@ -27,7 +27,8 @@ from einops import rearrange
 
 from offline_chunk.agents import ChunkAgent
 from offline_chunk.checkpoint import agent_from_payload, pick_device, read_checkpoint
-from offline_chunk.data.dataset import OfflineRLDataset, gather_chunks
+from offline_chunk.data.batches import gather_chunks
+from offline_chunk.data.dataset import OfflineRLDataset
 from offline_chunk.data.returns import monte_carlo_returns, unseen_tail_weights
 from offline_chunk.data.store import StepData
 

@@ -42,11 +42,11 @@ from offline_chunk.agents import ChunkAgent, Dims, make_agent
 from offline_chunk.agents.targets import batch_fields
 from offline_chunk.checkpoint import pick_device
 from offline_chunk.config import RunConfig, load_config
-from offline_chunk.data.dataset import ChunkSampler, OfflineRLDataset
+from offline_chunk.data.batches import ChunkSampler
+from offline_chunk.data.dataset import OfflineRLDataset
 from offline_chunk.data.normalize import Normalizer
 from offline_chunk.data.store import StepData
 from offline_chunk.execution import CompiledWithFallback
-from offline_chunk.train import image_shapes
 
 ROWS, EPISODE, OBS_DIM, ACTION_DIM = 100_000, 1_000, 40, 5
 IMAGE_ROWS = 10_000  # camera stores: 10 episodes (84 px, 2 cameras: 0.4 GB of frames)
@@ -134,7 +134,7 @@ def bench_setup(
     torch_device = pick_device(device if device != "auto" else cfg.device)
     torch.manual_seed(0)
     dataset = dataset or synthetic_dataset(horizon)
-    cameras = image_shapes(dataset)
+    cameras = dataset.image_shapes
     dims = Dims(OBS_DIM, 1, ACTION_DIM, horizon, cameras)
     normalizer = Normalizer.from_data(dataset.data)
     built = make_agent(cfg.agent, dims, normalizer, total_steps=10**6).to(torch_device)
