@@ -1,4 +1,5 @@
-"""Atomic writes: a file or a directory appears under its final name only when complete."""
+"""Writing a run's files so that a crash leaves no half of one: a file or a directory appears under its final
+name only when complete (`write_atomic`); a CSV log grows by whole lines (`append_row`)."""
 
 from __future__ import annotations
 
@@ -23,3 +24,10 @@ def write_atomic(path: Path, write: Callable[[Path], object]) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def append_row(path: Path, header: str, row: str) -> None:
+    """One line appended to a CSV file, its header line first when the file is new."""
+    new_file = not Path(path).exists()
+    with open(path, "a") as f:
+        f.write(f"{header}\n{row}\n" if new_file else f"{row}\n")

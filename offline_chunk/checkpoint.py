@@ -11,6 +11,7 @@ that a checkpoint copied without its store still evaluates.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict
 from pathlib import Path
 
@@ -134,7 +135,8 @@ def with_missing(config: dict, defaults: dict) -> dict:
 
 def upgraded(payload: dict) -> dict:
     """A payload of an older version with the agent config keys added since then (ADDED_AGENT_KEYS); before
-    version 3 the backup `double` was what `best_of_n` with the ensemble min now is."""
+    version 3 the backup `double` was what `best_of_n` with the ensemble min now is. Camera weights of the
+    shared-trunk layout move to today's (`with_own_camera_trunks`)."""
     agent = payload["config"]["agent"]
     version = payload.get("version", 0)
     for added_in, keys in ADDED_AGENT_KEYS.items():
@@ -142,7 +144,64 @@ def upgraded(payload: dict) -> dict:
             agent = with_missing(agent, keys)
     if version < 3 and agent.get("backup") == "double":
         agent = {**agent, "backup": "best_of_n", "q_agg": "min"}
+    payload = with_own_camera_trunks(payload)
     return {**payload, "config": {**payload["config"], "agent": agent}, "version": VERSION}
+
+
+# The earlier camera layout: a `drq` encoder held each camera's trunk, shared by the networks that read the
+# observation rows (these attributes of an agent).
+SHARED_TRUNK = re.compile(r"^encoder\.nets\.(?P<camera>[^.]+)\.trunk\.(?P<param>.+)$")
+ROW_READERS = ("actor", "actor_ema", "actor_target", "critic", "critic_target")
+
+
+def with_own_camera_trunks(payload: dict) -> dict:
+    """A camera checkpoint of the shared-trunk layout, recognised by its `encoder.nets.*.trunk.*` weights
+    (each camera's trunk, Linear -> LayerNorm -> Tanh, inside the `drq` encoder, shared by the actor and the
+    critics and trained by the critic loss), in today's layout, where each network has its own trunks
+    (nets/vision.py): every network that reads observation rows (actor, its EMA or target copy, critics,
+    target critics) gets the old trunks as its `trunks` and keeps its weights under `net.`, so the agent
+    acts and values as before, up to float rounding. Adam states: the encoder's keeps its conv nets'; the
+    critics' takes over the trunks' (the critic loss trained them); the actor's trunks start without one
+    (Adam initialises it at their first step). Other payloads pass unchanged."""
+    weights, training = payload["weights"], payload["training"]
+    encoder_keys = [key for key in weights if key.startswith("encoder.")]  # its parameters, in order
+    trunk_ids = [i for i, key in enumerate(encoder_keys) if SHARED_TRUNK.match(key)]
+    if not trunk_ids:
+        return payload
+    trunks = {}  # the `trunks` state of each network: nets.<camera>.<param>
+    moved = {}
+    for key, value in weights.items():
+        if match := SHARED_TRUNK.match(key):
+            trunks[f"nets.{match['camera']}.{match['param']}"] = value
+            continue
+        head = key.split(".", 1)[0]
+        moved[f"{head}.net{key[len(head) :]}" if head in ROW_READERS else key] = value
+    readers = {key.split(".", 1)[0] for key in weights} & set(ROW_READERS)
+    for head in readers:
+        moved |= {f"{head}.trunks.{name}": value for name, value in trunks.items()}
+    encoder_opt = training["encoder_opt"]
+    adam_states = [encoder_opt["state"].get(i) for i in range(len(encoder_keys))]
+    conv_states = [state for i, state in enumerate(adam_states) if i not in trunk_ids]
+    no_parameters = {"state": {}, "param_groups": [{**encoder_opt["param_groups"][0], "params": []}]}
+    training = {
+        **training,
+        "encoder_opt": with_parameters(no_parameters, conv_states),
+        "critic_opt": with_parameters(training["critic_opt"], [adam_states[i] for i in trunk_ids]),
+        "actor_opt": with_parameters(training["actor_opt"], [None] * len(trunk_ids)),
+    }
+    return {**payload, "weights": moved, "training": training}
+
+
+def with_parameters(optimizer_state: dict, states: list[dict | None]) -> dict:
+    """An optimizer's state dict (one parameter group) with parameters appended to the group, each with its
+    given per-parameter state (None: none)."""
+    group = optimizer_state["param_groups"][0]
+    ids = range(len(group["params"]), len(group["params"]) + len(states))
+    added = {i: state for i, state in zip(ids, states, strict=True) if state is not None}
+    return {
+        "state": {**optimizer_state["state"], **added},
+        "param_groups": [{**group, "params": [*group["params"], *ids]}],
+    }
 
 
 def agent_from_payload(payload: dict, device) -> ChunkAgent:

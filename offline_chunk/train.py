@@ -12,7 +12,6 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from tqdm import tqdm
 
 from offline_chunk.agents import ChunkAgent, Dims, make_agent
 from offline_chunk.agents.targets import batch_fields
+from offline_chunk.atomic import append_row
 from offline_chunk.checkpoint import (
     agent_from_payload,
     pick_device,
@@ -40,26 +40,103 @@ from offline_chunk.errors import ConfigError, DataError, DivergenceError
 from offline_chunk.stopping import stop_requests
 
 
-@dataclass
-class Run:
-    cfg: RunConfig
-    run_dir: Path
-    dataset: OfflineRLDataset
-    agent: ChunkAgent
-    sampler: object
-    step: int
-    q_bound: float
-    last_metrics: dict[str, float] = field(default_factory=dict)  # the means of the last log interval
-    train_seconds: float = 0.0  # wall time spent updating (evaluations excluded), over every resumed part
-    evaluator: Callable[[Path], dict] | None = None  # checkpoint -> evaluation report (success rate, ...)
+class Learner:
+    """What offline training and fine-tuning share, so that both run the same update: the agent's updates on
+    batches from `sampler`, their metrics summed on the device and read every `log_every` updates into
+    TensorBoard, the divergence guard at each read, evaluations recorded, checkpoints. Only what happens
+    between updates (collection, the evaluation schedule) is each phase's own (`train_loop` here,
+    harness/finetune.py online). Steps are counted on the phase's axis: updates offline, environment steps
+    online (`axis`)."""
 
-    def checkpoint(self, name: str | None = None) -> Path:
-        path = self.run_dir / "checkpoints" / (name or f"step_{self.step:08d}.pt")
-        store = store_provenance(self.cfg.dataset, self.dataset.data.attrs)
-        stream = {"stream": self.sampler.state()} if hasattr(self.sampler, "state") else None
-        return save_checkpoint(
-            path, self.agent, self.cfg, self.step, self.sampler.generator, store, self.train_seconds, stream
+    axis = "step"
+
+    def __init__(
+        self, cfg: RunConfig, run_dir: Path, agent: ChunkAgent, sampler, store: dict, q_bound: float
+    ):
+        self.cfg, self.run_dir, self.agent, self.sampler = cfg, Path(run_dir), agent, sampler
+        self.store = store  # what a checkpoint keeps of the training store (store_provenance)
+        self.q_bound = q_bound
+        self.log = MetricLog()
+        self.last_metrics: dict[str, float] = {}  # the means of the last log interval
+        self.train_seconds = 0.0  # wall time spent updating (evaluations excluded), over every resumed part
+        self.writer: SummaryWriter | None = None  # <run>/tb, opened by the loop
+
+    def update(self) -> None:
+        """One update of the agent on a sampled batch; its metrics stay on the device until `read_metrics`."""
+        self.log.add(self.agent.update(self.sampler.sample()))
+
+    def read_metrics(self, at: int, **scalars: float) -> dict[str, float]:
+        """The metrics' means since the last read, in one transfer, checked by the divergence guard, then
+        written to TensorBoard at step `at` with the learning rates and `scalars`."""
+        means = self.log.read()
+        self.check_divergence(means, at)
+        self.last_metrics = means
+        for key, value in {**means, **self.agent.learning_rates(), **scalars}.items():
+            self.writer.add_scalar(key, value, at)
+        return means
+
+    def check_divergence(self, means: dict[str, float], at: int) -> None:
+        finite = all(np.isfinite(v) for v in means.values())
+        if finite and means["guard/q_abs_max"] <= self.q_bound:
+            return
+        path = self.checkpoint(f"diverged_{self.axis.replace(' ', '_')}_{at:08d}.pt", self.agent.num_updates)
+        reason = (
+            "a loss or Q value is not finite"
+            if not finite
+            else f"|Q| reached {means['guard/q_abs_max']:.4g}, beyond the bound {self.q_bound:.4g} "
+            f"(divergence_factor × max|r| / (1 − γ))"
         )
+        raise DivergenceError(
+            f"training diverged by {self.axis} {at:,}: {reason}. Checkpoint saved at {path}. "
+            "Lower the learning rate or eta, or raise grad clipping."
+        )
+
+    def checkpoint(self, name: str, step: int, extra: dict | None = None) -> Path:
+        """<run>/checkpoints/<name>: everything to resume from (checkpoint.py), with the streaming sampler's
+        position and the `extra` records (a fine-tuning run's `online`)."""
+        stream = {"stream": self.sampler.state()} if hasattr(self.sampler, "state") else {}
+        return save_checkpoint(
+            self.run_dir / "checkpoints" / name,
+            self.agent,
+            self.cfg,
+            step,
+            self.sampler.generator,
+            self.store,
+            self.train_seconds,
+            {**stream, **(extra or {})},
+        )
+
+    def record_evaluation(self, report: dict, at: int, **columns) -> None:
+        """An evaluation report into TensorBoard at step `at` and a row of <run>/evaluations.csv (what `make
+        benchmark` reads): `columns` (the phase's counters) first, then the success rate with its 95%
+        interval and the mean return."""
+        low, high = report["success_ci95"]
+        scores = {
+            "success_rate": report["success_rate"],
+            "success_ci95_low": low,
+            "success_ci95_high": high,
+            "return_mean": report["return_mean"],
+        }
+        for key, value in {**scores, "final_reward_mean": report["final_reward_mean"]}.items():
+            self.writer.add_scalar(f"eval/{key}", value, at)
+        row = {**columns, **scores}
+        append_row(self.run_dir / "evaluations.csv", ",".join(row), ",".join(str(v) for v in row.values()))
+
+
+class Run(Learner):
+    """An offline run: the learner, its dataset, the update count `step` and the evaluator (checkpoint ->
+    evaluation report) of `eval_every`."""
+
+    def __init__(self, cfg, run_dir, dataset: OfflineRLDataset, agent, sampler, step: int, q_bound: float):
+        super().__init__(
+            cfg, run_dir, agent, sampler, store_provenance(cfg.dataset, dataset.data.attrs), q_bound
+        )
+        self.dataset, self.step = dataset, step
+        self.evaluator: Callable[[Path], dict] | None = None
+
+    def save(self, name: str | None = None) -> Path:
+        """This step's checkpoint, step_<N>.pt, or `name`."""
+        return self.checkpoint(name or f"step_{self.step:08d}.pt", self.step)
 
 
 def q_bound(reward: np.ndarray, gamma: float, factor: float) -> float:
@@ -93,19 +170,32 @@ def _at(cfg: RunConfig, dotted: str):
     return value.model_dump() if hasattr(value, "model_dump") else value
 
 
-def check_resume(resume: dict, cfg: RunConfig) -> None:
-    """Refuse to resume with a change the checkpoint's networks or chunk transitions cannot take, or into a
-    run directory whose later checkpoints the resumed run would overwrite."""
-    old = resume["config"]
-    changed = [
-        f"{key} ({_at(old, key)!r} -> {_at(cfg, key)!r})"
-        for key in FROZEN_ON_RESUME
-        if _at(old, key) != _at(cfg, key)
+# What a non-constant learning-rate schedule's shape depends on: a resumed run keeps it.
+SCHEDULE_SHAPE = ("steps", "agent.lr_schedule", "agent.lr_warmup")
+
+
+def _changes(old: RunConfig, cfg: RunConfig, keys: tuple[str, ...]) -> list[str]:
+    return [
+        f"{key} ({_at(old, key)!r} -> {_at(cfg, key)!r})" for key in keys if _at(old, key) != _at(cfg, key)
     ]
+
+
+def check_resume(resume: dict, cfg: RunConfig) -> None:
+    """Refuse to resume with a change the checkpoint's networks, chunk transitions or learning-rate schedule
+    cannot take, or into a run directory whose later checkpoints the resumed run would overwrite."""
+    old = resume["config"]
+    changed = _changes(old, cfg, FROZEN_ON_RESUME)
     if changed:
         raise ConfigError(
             f"resuming cannot change {', '.join(changed)}: the networks' shapes or the chunk transitions "
             "depend on it; train a new run instead"
+        )
+    reshaped = _changes(old, cfg, SCHEDULE_SHAPE)
+    if old.agent.lr_schedule != "constant" and reshaped:
+        raise ConfigError(
+            f"resuming cannot change {', '.join(reshaped)}: the {old.agent.lr_schedule} learning-rate "
+            f"schedule spans the run's {old.steps:,} updates and would jump to another point of another "
+            f"curve. Resume with steps={old.steps}, or train a new run"
         )
     later = later_checkpoints(Path(cfg.run_dir) / "checkpoints", resume["step"])
     if later:
@@ -129,14 +219,9 @@ def later_checkpoints(directory: Path, step: int) -> list[str]:
     return later
 
 
-def image_shapes(dataset: OfflineRLDataset) -> dict[str, list[int]]:
-    """Each camera's frame shape (H, W, C), in the store's order."""
-    return {camera: list(frames.shape[1:]) for camera, frames in dataset.data.images.items()}
-
-
 def check_shapes(store, dataset: OfflineRLDataset, dims: Dims) -> None:
     """A resumed or fine-tuned checkpoint's networks take the store's observation, action and frame shapes."""
-    ours = (dataset.obs_dim, dataset.action_dim, image_shapes(dataset))
+    ours = (dataset.obs_dim, dataset.action_dim, dataset.image_shapes)
     theirs = (dims.obs_dim, dims.action_dim, {k: list(v) for k, v in dims.image_shapes.items()})
     if ours != theirs:
         raise ConfigError(
@@ -191,7 +276,7 @@ def build_run(cfg: RunConfig, resume: dict | None = None) -> Run:
     torch.manual_seed(cfg.seed)
     dataset, sampler = build_sampler(cfg, device, None if resume is None else resume.get("stream"))
     if resume is None:
-        dims = Dims(dataset.obs_dim, cfg.obs_horizon, dataset.action_dim, cfg.horizon, image_shapes(dataset))
+        dims = Dims(dataset.obs_dim, cfg.obs_horizon, dataset.action_dim, cfg.horizon, dataset.image_shapes)
         normalizer = Normalizer.from_data(dataset.data)
         agent = make_agent(cfg.agent, dims, normalizer, cfg.steps).to(device)
         step = 0
@@ -201,18 +286,18 @@ def build_run(cfg: RunConfig, resume: dict | None = None) -> Run:
         agent = agent_from_payload({**resume, "config": cfg}, device)
         restore_rng_state(resume["rng"], sampler.generator)
         step = resume["step"]
-    train_seconds = resume.get("train_seconds", 0.0) if resume is not None else 0.0
     agent.configure_execution(cfg.compile, cfg.precision)
-    return Run(
+    run = Run(
         cfg,
-        Path(cfg.run_dir),
+        cfg.run_dir,
         dataset,
         agent,
         sampler,
         step,
         q_bound(dataset.data.reward, cfg.gamma, cfg.divergence_factor),
-        train_seconds=train_seconds,
     )
+    run.train_seconds = resume.get("train_seconds", 0.0) if resume is not None else 0.0
+    return run
 
 
 class MetricLog:
@@ -239,35 +324,6 @@ class MetricLog:
         return means
 
 
-def check_divergence(run: Run, means: dict[str, float]) -> None:
-    finite = all(np.isfinite(v) for v in means.values())
-    if finite and means["guard/q_abs_max"] <= run.q_bound:
-        return
-    path = run.checkpoint(f"diverged_step_{run.step:08d}.pt")
-    reason = (
-        "a loss or Q value is not finite"
-        if not finite
-        else f"|Q| reached {means['guard/q_abs_max']:.4g}, beyond the bound {run.q_bound:.4g} "
-        f"(divergence_factor × max|r| / (1 − γ))"
-    )
-    raise DivergenceError(
-        f"training diverged by step {run.step}: {reason}. Checkpoint saved at {path}. "
-        "Lower the learning rate or eta, or raise grad clipping."
-    )
-
-
-def log_interval(run: Run, writer: SummaryWriter, log: MetricLog, bar: tqdm, updates_per_s: float) -> None:
-    means = log.read()
-    check_divergence(run, means)
-    run.last_metrics = means
-    scalars = {**means, **run.agent.learning_rates(), "perf/updates_per_s": updates_per_s}
-    for key, value in scalars.items():
-        writer.add_scalar(key, value, run.step)
-    bar.set_postfix(
-        critic=f"{means['critic/loss']:.3g}", Q=f"{means['critic/q_mean']:.3g}", ups=f"{updates_per_s:.1f}"
-    )
-
-
 def evaluated_steps(run_dir: Path) -> set[int]:
     path = run_dir / "evaluations.csv"
     if not path.exists():
@@ -275,60 +331,47 @@ def evaluated_steps(run_dir: Path) -> set[int]:
     return {int(line.split(",", 1)[0]) for line in path.read_text().splitlines()[1:] if line}
 
 
-def append_row(path: Path, header: str, row: str) -> None:
-    """One line appended to a CSV file, its header line first when the file is new."""
-    new_file = not path.exists()
-    with open(path, "a") as f:
-        f.write(f"{header}\n{row}\n" if new_file else f"{row}\n")
-
-
-def evaluate_in_training(run: Run, writer: SummaryWriter, checkpoint: Path) -> None:
-    """Evaluate this step's checkpoint (`run.evaluator`), log it to TensorBoard and append it to
-    <run>/evaluations.csv (what `make benchmark` reads) with the training time so far."""
-    report = run.evaluator(checkpoint)
-    low, high = report["success_ci95"]
-    for key, value in (
-        ("success_rate", report["success_rate"]),
-        ("success_ci95_low", low),
-        ("success_ci95_high", high),
-        ("return_mean", report["return_mean"]),
-        ("final_reward_mean", report["final_reward_mean"]),
-    ):
-        writer.add_scalar(f"eval/{key}", value, run.step)
-    append_row(
-        run.run_dir / "evaluations.csv",
-        "step,train_seconds,success_rate,success_ci95_low,success_ci95_high,return_mean",
-        f"{run.step},{run.train_seconds:.1f},{report['success_rate']},{low},{high},{report['return_mean']}",
+def evaluate_in_training(run: Run, checkpoint: Path) -> None:
+    """Evaluate this step's checkpoint (`run.evaluator`) with the training time so far."""
+    run.record_evaluation(
+        run.evaluator(checkpoint), run.step, step=run.step, train_seconds=f"{run.train_seconds:.1f}"
     )
 
 
 def train_loop(run: Run) -> Path:
+    """Updates until `steps`, a log interval every `log_every`, a checkpoint every `checkpoint_every`, an
+    evaluation every `eval_every` (its time is not training time), a checkpoint when a stop is requested."""
     cfg = run.cfg
-    writer = SummaryWriter(run.run_dir / "tb")
-    log = MetricLog()
+    run.writer = SummaryWriter(run.run_dir / "tb")
     bar = tqdm(total=cfg.steps, initial=run.step, desc=f"train {cfg.agent.name}", unit="upd")
     evaluating = lambda: cfg.eval_every and run.step % cfg.eval_every == 0  # noqa: E731
     if run.step and evaluating() and run.step not in evaluated_steps(run.run_dir):
-        evaluate_in_training(run, writer, run.checkpoint())  # resumed where an evaluation did not finish
+        evaluate_in_training(run, run.save())  # resumed where an evaluation did not finish
     clock = rate_clock = time.perf_counter()  # start of the current stretch of updates; of the log interval
     rate_step, checkpointing = run.step, False  # checkpointing: the last update's step was saved
     with stop_requests("stopping after this update, with a checkpoint to resume from") as stop:
         try:
             while run.step < cfg.steps and not stop.requested:
-                log.add(run.agent.update(run.sampler.sample()))
+                run.update()
                 run.step += 1
                 bar.update(1)
                 if run.step % cfg.log_every == 0 or run.step == cfg.steps:
                     now = time.perf_counter()
-                    log_interval(run, writer, log, bar, (run.step - rate_step) / (now - rate_clock))
+                    rate = (run.step - rate_step) / (now - rate_clock)
+                    means = run.read_metrics(run.step, **{"perf/updates_per_s": rate})
+                    bar.set_postfix(
+                        critic=f"{means['critic/loss']:.3g}",
+                        Q=f"{means['critic/q_mean']:.3g}",
+                        ups=f"{rate:.1f}",
+                    )
                     rate_clock, rate_step = now, run.step
                 checkpointing = run.step % cfg.checkpoint_every == 0
                 if checkpointing or evaluating():
                     now = time.perf_counter()
                     run.train_seconds, clock = run.train_seconds + now - clock, now
-                    saved = run.checkpoint() if checkpointing else None
+                    saved = run.save() if checkpointing else None
                     if evaluating():
-                        evaluate_in_training(run, writer, saved or run.checkpoint())
+                        evaluate_in_training(run, saved or run.save())
                         clock = rate_clock = time.perf_counter()  # the evaluation's time is not training time
                         rate_step = run.step
         except KeyboardInterrupt:
@@ -336,13 +379,13 @@ def train_loop(run: Run) -> Path:
             print(f"\n{message}", file=sys.stderr)
             raise
         finally:
-            writer.close()
+            run.writer.close()
             bar.close()
     run.train_seconds += time.perf_counter() - clock
     if run.step < cfg.steps:  # stopped on request, between two updates
-        path = saved if checkpointing else run.checkpoint()
+        path = saved if checkpointing else run.save()
         raise stop.stopped(f"stopped at step {run.step:,}; resume with --resume {path}", path)
-    return run.checkpoint("final.pt")
+    return run.save("final.pt")
 
 
 def summary(run: Run, first_step: int, final: Path, seconds: float) -> str:

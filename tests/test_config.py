@@ -125,7 +125,8 @@ PUBLISHED = {  # from the papers' official code, typed here by hand (the files c
     "cpql": {"target_actor": "online", "target_every": 5, "target_start": 1000, "grad_norm": 1.0, "eta": 1.0},
     "dql": {
         "target_actor": "ema",
-        "lr_schedule": "cosine",
+        "lr_schedule": "constant",  # main.py --lr_decay ends at 0.999 of the base (test_schedules.py)
+        "critic_lr": 3e-4,
         "ema_decay": 0.995,
         "ema_every": 5,
         "ema_start": 1000,

@@ -38,7 +38,7 @@ from offline_chunk.agents.targets import (
 from offline_chunk.data.normalize import Normalizer
 from offline_chunk.execution import CompiledWithFallback, autocast_context, compile_enabled
 from offline_chunk.nets.critic import ChunkCriticEnsemble, CriticConfig
-from offline_chunk.nets.vision import ImageEncoder, VisionConfig
+from offline_chunk.nets.vision import ImageEncoder, TrunkedCritic, TrunkedPolicy, VisionConfig
 from offline_chunk.policies import make_policy
 from offline_chunk.sections import Section
 
@@ -63,9 +63,11 @@ class AgentConfig(Section):
     """the critic target's value of the next state (targets.py)"""
     target_lower_bound: Literal["none"] = "none"
     lr: float = Field(3.0e-4, gt=0)
-    """Adam, actor and critics"""
+    """Adam, the actor (and the critics unless `critic_lr` is set)"""
+    critic_lr: float | None = Field(None, gt=0)
+    """Adam, the critics and the camera encoders they train (None: `lr`)"""
     lr_schedule: LrSchedule = "constant"
-    """over the run's updates"""
+    """over the run's updates (`steps`); fine-tuning online runs at the constant base rates"""
     lr_warmup: int = Field(0, ge=0)
     """warm-up updates for the schedule"""
     grad_norm: float = Field(float("inf"), gt=0)
@@ -132,9 +134,9 @@ class ChunkAgent(nn.Module):
         self.normalizer = normalizer
         self.encoder = ImageEncoder(dims.image_shapes, cfg.vision) if dims.image_shapes else None
         shapes = dims.networks(self.encoder.feature_dim if self.encoder is not None else 0)
-        self.actor = make_policy(cfg.policy, **shapes)
+        self.actor = self.own_trunks(make_policy(cfg.policy, **shapes), TrunkedPolicy)
         critic_cfg = cfg.critic.model_dump()
-        self.critic = ChunkCriticEnsemble(
+        critic = ChunkCriticEnsemble(
             shapes["obs_dim"],
             dims.obs_horizon,
             dims.action_dim,
@@ -142,22 +144,31 @@ class ChunkAgent(nn.Module):
             horizon=self.critic_view(torch.empty(0, dims.horizon, 0)).shape[-2],  # of the chunks it scores
             **critic_cfg,
         )
+        self.critic = self.own_trunks(critic, TrunkedCritic)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        critic_lr = cfg.lr if cfg.critic_lr is None else cfg.critic_lr
         self.actor_opt = adam(self.actor.parameters(), cfg.lr)
-        self.critic_opt = adam(self.critic.parameters(), cfg.lr)
-        trained = [self.actor_opt, self.critic_opt]
+        self.critic_opt = adam(self.critic.parameters(), critic_lr)
+        self.scheduled = [self.actor_opt, self.critic_opt]  # the optimizers whose rates follow the schedule
         if self.encoder is not None:  # DrQ-v2's encoder_opt, stepped with the critics' (ImageEncoder)
-            self.encoder_opt = adam(self.encoder.parameters(), cfg.lr)
+            self.encoder_opt = adam(self.encoder.parameters(), critic_lr)
             self.optimizers = (*type(self).optimizers, "encoder_opt")
-            trained.append(self.encoder_opt)
+            self.scheduled.append(self.encoder_opt)
         self.schedulers = [
             get_scheduler(
                 cfg.lr_schedule, opt, num_warmup_steps=cfg.lr_warmup, num_training_steps=total_steps
             )
-            for opt in trained
+            for opt in self.scheduled
         ]
         self.num_updates = 0
         self.autocast = autocast_context(torch.device("cpu"), "fp32")
+
+    def own_trunks(self, net: nn.Module, wrapper: type[TrunkedPolicy | TrunkedCritic]) -> nn.Module:
+        """`net` behind camera trunks of its own where the encoder leaves them to each network (`drq`:
+        DrQ-v2's actor and critic trunks, nets/vision.py), else `net` itself. Copies of the actor and the
+        critics (EMA and target networks) then copy their trunks with them."""
+        trunks = None if self.encoder is None else self.encoder.trunks(self.dims.obs_dim)
+        return net if trunks is None else wrapper(net, trunks)
 
     def configure_execution(self, compile: str | bool = "auto", precision: str = "fp32") -> ChunkAgent:
         """Compile the loss computations and/or autocast the network passes (execution.py) on the device the
@@ -182,8 +193,9 @@ class ChunkAgent(nn.Module):
 
     def normalized(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Observations, action chunks and next observations of a batch in the networks' units. With
-        cameras, each observation row is followed by its frames' features from augmented frames (drawn
-        apart for s and s'), with gradient for s only (ImageEncoder); `update_actor` reads them detached."""
+        cameras, each observation row is followed by its frames' encoder features (`drq`: the conv features
+        that the actor's and the critics' own trunks read) from augmented frames (drawn apart for s and s'),
+        with gradient for s only (ImageEncoder); `update_actor` reads them detached."""
         obs = self.normalizer.obs(batch["observations"])
         next_obs = self.normalizer.obs(batch["next_observations"])
         if self.encoder is not None:
@@ -198,6 +210,12 @@ class ChunkAgent(nn.Module):
         self.update_targets()
         for scheduler in self.schedulers:
             scheduler.step()
+
+    def hold_base_rates(self) -> None:
+        """Every optimizer at its base rate (`lr`, `critic_lr`) from now on, whatever schedule and step it
+        was at: the online phase (harness/finetune.py) runs for its own number of updates, at a constant
+        rate as Q-chunking's online loop does, while the offline schedule's length was the offline run's."""
+        self.schedulers = [get_scheduler("constant", opt) for opt in self.scheduled]
 
     def learning_rates(self) -> dict[str, float]:
         return {
@@ -244,8 +262,8 @@ class ChunkAgent(nn.Module):
         }
 
     def update_actor(self, obs, actions, action_mask) -> dict[str, torch.Tensor]:
-        """The actor step. It reads the observation rows detached: camera features are the critic's to
-        train (ImageEncoder, DrQ-v2's routing)."""
+        """The actor step. It reads the observation rows detached: the camera encoder is the critic's to
+        train (ImageEncoder, DrQ-v2's routing); the actor's own trunks (`drq`) are trained here."""
         loss, terms = self.actor_objective(obs.detach(), actions, action_mask)
         grad_norm = self._step(self.actor_opt, self.actor, loss)
         return {"actor/loss": loss.detach(), "actor/grad_norm": grad_norm, **terms}
@@ -288,7 +306,8 @@ class ChunkAgent(nn.Module):
 
     def network_obs(self, observations: torch.Tensor, images=None) -> torch.Tensor:
         """(B, To, D) observations and frames {camera: (B, To, H, W, C) uint8} in environment units -> the
-        networks' observation rows (normalized, then the cameras' features without augmentation)."""
+        networks' observation rows (normalized, then the cameras' encoder features without augmentation;
+        with `drq` the actor and the critics each apply their own trunks to them)."""
         if observations.dim() != 3 or observations.shape[1:] != (self.dims.obs_horizon, self.dims.obs_dim):
             raise ValueError(
                 f"observations: expected (B, To, D) with To = {self.dims.obs_horizon}, "

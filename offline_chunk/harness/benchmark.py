@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import yaml
 
+from offline_chunk.atomic import append_row
 from offline_chunk.errors import BenchmarkError
 from offline_chunk.stopping import stop_requests
 
@@ -287,7 +288,6 @@ def evaluate_one_candidate(run: PlannedRun) -> list[Evaluation]:
     acting by one sampled chunk (no choice by Q), on the same evaluation episodes (same seed). Evaluations
     done before are kept in <run>/evaluations_one_candidate.csv and not repeated."""
     from offline_chunk.harness.evaluation import evaluate  # simulators are imported only when evaluating
-    from offline_chunk.train import append_row
 
     cfg, path = run.cfg, run.run_dir / ONE_CANDIDATE_CSV
     done = (

@@ -222,7 +222,11 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--checkpoint-every", type=int, help="environment steps between checkpoints")
     tune.add_argument("--log-every", type=int, help="updates between metric logs (default 1,000)")
     tune.add_argument("--max-steps", type=int, help="episode time limit (default: the environment's)")
-    tune.add_argument("--seed", type=int, help="collection episode i resets with seed + i (default 0)")
+    tune.add_argument(
+        "--seed",
+        type=int,
+        help="seeds the updates; collection episode i resets with seed + 1,000,000 + i (default 0)",
+    )
     tune.add_argument("--run", help="output directory (default: finetune-<time> beside the checkpoint's run)")
     tune.add_argument("--resume", action="store_true", help="continue a fine-tuning run from its checkpoint")
     tune.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -6,9 +6,11 @@ relabelling scores the simulator state recorded before each step (`info["prev_qp
 relabel_utils.relabel_dataset). OGBench's manipulation environments are registered with
 `success_timing="pre"`: `step(a_t)` computes success, termination and reward from s_t, before the action
 (ogbench/manipspace/envs/manipspace_env.py, `step`), so the reward `step(a_t)` returns is row t's, with
-no shift. An episode that reaches the goal ends on its terminal row; one cut by the time limit keeps its
-rows up to the last action (the observation after it has no action and is not kept: the last row has no
-successor, as in a recorded truncated episode).
+no shift. An episode that reaches the goal ends on its terminal row. One cut by the time limit after T steps
+ends with one more row, s_T, as a recorded truncated episode ends on its last observation: every executed
+action and its reward enter the replay (the chunk that ends at the limit bootstraps from s_T). That row
+had no step: its action repeats a_{T-1} (the padding the store uses past an episode's end), its reward is
+0 and it is not terminal; the chunk contract reads neither its action (beyond padding) nor its reward.
 """
 
 from __future__ import annotations
@@ -18,20 +20,23 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from offline_chunk.harness.envs.chunks import as_observation
 from offline_chunk.harness.evaluation.rollouts import Rollouts
 from offline_chunk.harness.evaluation.stats import Episode
 
 
 @dataclass
 class EpisodeRows:
-    """One collected episode's rows, in environment units and the store's reward convention."""
+    """One collected episode's rows, in environment units and the store's reward convention: for an episode
+    of T = episode.length steps, T rows if it ended on a terminal, T + 1 if the time limit cut it (the last
+    row s_T, module docstring)."""
 
     episode: Episode
-    obs: np.ndarray  # (T, D) s_t
-    action: np.ndarray  # (T, A) a_t
-    reward: np.ndarray  # (T,) the reward of s_t
-    terminal: np.ndarray  # (T,) bool: s_t reached the goal (only the last row can)
-    info: dict[str, np.ndarray] = field(default_factory=dict)  # (T, ...) per recorded info key
+    obs: np.ndarray  # (rows, D) s_t
+    action: np.ndarray  # (rows, A) a_t (s_T's: a_{T-1} repeated)
+    reward: np.ndarray  # (rows,) the reward of s_t (s_T's: 0)
+    terminal: np.ndarray  # (rows,) bool: s_t reached the goal (only the last row can)
+    info: dict[str, np.ndarray] = field(default_factory=dict)  # (T, ...) step(a_t)'s, per recorded info key
 
 
 def check_row_aligned(env) -> None:
@@ -47,12 +52,13 @@ def check_row_aligned(env) -> None:
 class Collector(Rollouts):
     """Episodes without end over the environments of a vector env: `advance()` runs one step of each and
     returns the episodes that ended, with their rows (`finish`). `info_keys` (e.g. prev_qpos) are recorded
-    per row."""
+    per step."""
 
     def __init__(self, envs, plan, seed, obs_horizon, execute, reward_fn=None, info_keys=(), first_episode=0):
         super().__init__(envs, plan, sys.maxsize, seed, obs_horizon, execute, reward_fn)
         self.info_keys = tuple(info_keys)
         self.rows: list[dict[str, list]] = [self._empty() for _ in range(envs.num_envs)]
+        self.next_observations = None  # what the latest step reached, per environment
         self.env_steps = 0
         self.stop_at = sys.maxsize  # no episode starts once env_steps reaches it (a checkpoint is due)
         self.next_episode = first_episode  # episode i resets with seed + i, so a resumed run goes on alike
@@ -76,7 +82,8 @@ class Collector(Rollouts):
     def _empty(self) -> dict[str, list]:
         return {key: [] for key in ("obs", "action", "reward", "terminal", *self.info_keys)}
 
-    def on_step(self, running, observations, actions, reward, terminated) -> None:
+    def on_step(self, running, observations, actions, reward, terminated, next_observations) -> None:
+        self.next_observations = next_observations
         for k in np.flatnonzero(running):
             rows = self.rows[k]
             rows["obs"].append(observations[k])
@@ -88,8 +95,14 @@ class Collector(Rollouts):
         self.env_steps += int(running.sum())
 
     def finish(self, k: int) -> EpisodeRows:
-        """Environment k's episode ended: its summary and its rows (its next episode starts empty)."""
+        """Environment k's episode ended: its summary and its rows (its next episode starts empty); cut by
+        the time limit, it ends on the observation its last step reached."""
         rows, self.rows[k] = self.rows[k], self._empty()
+        if not rows["terminal"][-1]:
+            rows["obs"].append(as_observation(self.next_observations[k]))
+            rows["action"].append(rows["action"][-1])
+            rows["reward"].append(0.0)
+            rows["terminal"].append(False)
         return EpisodeRows(
             super().finish(k),
             np.asarray(rows["obs"], np.float32),

@@ -11,14 +11,19 @@ Schedule (one iteration = one step of every environment):
   indexed by the chunk contract (data/replay.py); batches sample all data alike (QC) or a fixed share
   of online chunks (`online_fraction`, RLPD);
 - updates: after `warmup` environment steps (QC's start_training, 5000), `utd` updates per environment
-  step, in the main process between environment steps: the workers wait while the learner updates;
-- evaluation: every `eval_every` environment steps, `eval_episodes` episodes of their own seeds (apart from
-  the collection's), acting as `make eval` does; TensorBoard logs collection and evaluation returns and
-  successes beside the losses;
+  step, in the main process between environment steps: the workers wait while the learner updates. They
+  are offline training's (train.py `Learner`: the same update, metric logs, divergence guard and
+  checkpoints), at the constant base learning rates (`ChunkAgent.hold_base_rates`);
+- evaluation: at 0 environment steps (the starting agent) and every `eval_every` steps after (0: never),
+  `eval_episodes` episodes acting as `make eval` does, on the initial states of the offline run's
+  evaluations (episode i resets with the offline run's seed + i, `evaluation_seed`), so that
+  <run>/evaluations.csv pairs the agent before and after fine-tuning on the same episodes; TensorBoard logs
+  collection and evaluation returns and successes beside the losses;
 - checkpoints: once `checkpoint_every` steps are due, no new episode starts; when the running ones have
   ended, the agent (with its optimizers and RNG states) is saved with the count of collected episodes,
-  whose rows are in <run>/online_episodes.npz. Episode i resets with seed + i, so a run resumed there
-  (`finetune --resume`) replays nothing and goes on exactly as the uninterrupted one (tested on CPU).
+  whose rows are in <run>/online_episodes.npz. Collection episode i resets with seed + 1,000,000 + i
+  (seeds no evaluation uses), so a run resumed there (`finetune --resume`) replays nothing and goes on
+  exactly as the uninterrupted one (tested on CPU).
   Ctrl-C or SIGTERM makes such a checkpoint due at once (stopping.py), then stops.
 
 Deliberate differences from QC's loop: episodes enter the replay when they end (QC adds each transition
@@ -46,7 +51,6 @@ from offline_chunk.checkpoint import (
     pick_device,
     read_checkpoint,
     restore_rng_state,
-    save_checkpoint,
 )
 from offline_chunk.config import validated
 from offline_chunk.data.replay import ChunkReplay
@@ -54,15 +58,15 @@ from offline_chunk.data.store import open_store
 from offline_chunk.errors import CheckpointError
 from offline_chunk.harness.collect import Collector, EpisodeRows, check_row_aligned
 from offline_chunk.harness.envs.ogbench_env import env_id_from_store, make_env, time_limit
-from offline_chunk.harness.evaluation import evaluate
+from offline_chunk.harness.evaluation import evaluate, evaluation_seed
 from offline_chunk.harness.evaluation.rollouts import vector_env
 from offline_chunk.harness.evaluation.settings import REWARD_TRANSFORMS, reward_convention
 from offline_chunk.harness.evaluation.stats import Episode
 from offline_chunk.sections import Section
 from offline_chunk.stopping import StopRequest, stop_requests
-from offline_chunk.train import MetricLog, append_row
+from offline_chunk.train import Learner, q_bound
 
-EVAL_SEED_OFFSET = 1_000_000  # evaluation episodes reset with seeds no collection episode uses
+COLLECT_SEED_OFFSET = 1_000_000  # collection episodes reset with seeds no evaluation episode uses
 
 
 class FinetuneSettings(Section):
@@ -81,6 +85,7 @@ class FinetuneSettings(Section):
     noise: float = 0.1
     """exploration noise of a deterministic actor (td3bc), normalized units"""
     eval_every: int = Field(10_000, ge=0)
+    """environment steps between evaluations, the first at 0 steps (the starting agent); 0: no evaluation"""
     eval_episodes: int = Field(50, ge=1)
     checkpoint_every: int = Field(10_000, ge=1)
     log_every: int = Field(1_000, ge=1)
@@ -88,43 +93,59 @@ class FinetuneSettings(Section):
     max_steps: int | None = None
     """episode time limit (None: the environment's own)"""
     seed: int = 0
+    """seeds the sampler and the updates; collection episode i resets with seed + 1,000,000 + i"""
 
 
-class OnlineRun:
-    """The agent, its replay and sampler, the collection environments' settings and the run's outputs; from
-    an offline checkpoint, or from a fine-tuning checkpoint to resume (its `online` record)."""
+def run_seeds(online: dict | None, settings: FinetuneSettings, cfg) -> tuple[int, int]:
+    """The reset seeds of collection episode 0 and evaluation episode 0 (episode i: seed + i). A run resumed
+    goes on with the seeds of its `online` record; one recorded before the record held them, with the
+    seeds it started with (collection settings.seed + i, evaluation settings.seed + 1,000,000 + i)."""
+    if online is None:
+        return settings.seed + COLLECT_SEED_OFFSET, evaluation_seed(cfg)
+    return online.get("collect_seed", settings.seed), online.get("eval_seed", settings.seed + 1_000_000)
+
+
+class OnlineRun(Learner):
+    """The learner (train.py: the updates, metric logs, divergence guard and checkpoints of offline training)
+    on a replay that holds the offline store and the collected episodes, the collection environments'
+    settings and the run's outputs; from an offline checkpoint, or from a fine-tuning checkpoint to resume
+    (its `online` record). Steps are environment steps."""
+
+    axis = "environment step"
 
     def __init__(self, checkpoint: Path, settings: FinetuneSettings, run_dir: Path | None, payload: dict):
-        self.cfg, self.store_attrs, self.settings = payload["config"], payload.get("store") or {}, settings
-        store_path = self.store_attrs.get("path", self.cfg.dataset)
+        cfg, store_attrs = payload["config"], payload.get("store") or {}
+        store_path = store_attrs.get("path", cfg.dataset)
         if not Path(store_path).exists():
             raise CheckpointError(
                 f"{checkpoint}: fine-tuning needs its offline store {store_path}, not found"
             )
-        self.env_id = env_id_from_store(store_path, self.store_attrs)
-        self.device = pick_device(self.cfg.device)
-        self.agent = agent_from_payload(payload, self.device)
-        self.agent.configure_execution(self.cfg.compile, self.cfg.precision)
+        agent = agent_from_payload(payload, pick_device(cfg.device))
+        agent.hold_base_rates()  # the offline schedule spanned the offline run (ChunkAgent)
+        agent.configure_execution(cfg.compile, cfg.precision)
         data = open_store(store_path)
         self.replay = ChunkReplay(
             data,
-            self.cfg.horizon,
-            self.cfg.obs_horizon,
-            self.cfg.gamma,
-            self.cfg.drop_partial,
+            cfg.horizon,
+            cfg.obs_horizon,
+            cfg.gamma,
+            cfg.drop_partial,
             capacity=data.num_rows + settings.env_steps + settings.envs * 1000,
-            device=self.device,
+            device=next(agent.parameters()).device,
         )
-        self.sampler = self.replay.sampler(
-            self.cfg.batch_size, settings.seed, settings.online_fraction, **batch_fields(self.cfg.agent)
+        sampler = self.replay.sampler(
+            cfg.batch_size, settings.seed, settings.online_fraction, **batch_fields(cfg.agent)
         )
         online = payload.get("online")
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        self.run_dir = Path(
-            run_dir
-            or (checkpoint.parent.parent if online else checkpoint.parent.parent / f"finetune-{stamp}")
+        run_dir = run_dir or (
+            checkpoint.parent.parent if online else checkpoint.parent.parent / f"finetune-{stamp}"
         )
+        bound = q_bound(data.reward, cfg.gamma, cfg.divergence_factor)  # online rewards follow the store's
+        super().__init__(cfg, run_dir, agent, sampler, store_attrs, bound)
+        self.settings, self.env_id = settings, env_id_from_store(store_path, store_attrs)
         self.source = online["source"] if online else str(checkpoint)
+        self.collect_seed, self.eval_seed = run_seeds(online, settings, cfg)
         self.episodes: list[EpisodeRows] = []
         self.env_steps = 0
         if online:  # resume: the episodes collected up to the checkpoint, in order, and its RNG states
@@ -139,28 +160,22 @@ class OnlineRun:
         self.replay.append_episode(rows.obs, rows.action, rows.reward, rows.terminal)
         self.episodes.append(rows)
 
-    def checkpoint(self, name: str, env_steps: int, resumable: bool = True) -> Path:
+    def save(self, name: str, env_steps: int, resumable: bool = True) -> Path:
         """The agent (as `make train` writes it: `make eval` reads it) and, for a checkpoint taken between
         episodes (`resumable`), the record `finetune --resume` reads and the collected episodes beside it
         (online_episodes.npz), each written atomically."""
-        online = None
-        if resumable:
-            online = {
-                "source": self.source,
-                "settings": self.settings.model_dump(),
-                "env_steps": env_steps,
-                "episodes": len(self.episodes),
-            }
-            self.save_episodes(env_steps)
-        return save_checkpoint(
-            self.run_dir / "checkpoints" / name,
-            self.agent,
-            self.cfg,
-            self.agent.num_updates,
-            self.sampler.generator,
-            self.store_attrs,
-            extra={"online": online} if online else None,
-        )
+        if not resumable:
+            return self.checkpoint(name, self.agent.num_updates)
+        self.save_episodes(env_steps)
+        online = {
+            "source": self.source,
+            "settings": self.settings.model_dump(),
+            "env_steps": env_steps,
+            "episodes": len(self.episodes),
+            "collect_seed": self.collect_seed,
+            "eval_seed": self.eval_seed,
+        }
+        return self.checkpoint(name, self.agent.num_updates, {"online": online})
 
     def save_episodes(self, env_steps: int) -> None:
         """The collected episodes' rows, concatenated, with their ends and reset seeds."""
@@ -232,25 +247,25 @@ def finetune(
     (run.run_dir / "finetune.json").write_text(
         json.dumps({"source": run.source, **settings.model_dump()}, indent=2) + "\n"
     )
-    writer = SummaryWriter(run.run_dir / "tb")
+    run.writer = SummaryWriter(run.run_dir / "tb")
     env_fn = partial(make_env, run.env_id, time_limit(run.env_id, settings.max_steps))
-    reward_fn = REWARD_TRANSFORMS.get(reward_convention(run.store_attrs))
+    reward_fn = REWARD_TRANSFORMS.get(reward_convention(run.store))
     plan = partial(_plan, run.agent, settings.noise)
     try:
         with vector_env(env_fn, settings.envs) as envs:
             collector = Collector(
                 envs,
                 plan,
-                settings.seed,
+                run.collect_seed,
                 run.cfg.obs_horizon,
                 run.cfg.horizon,
                 reward_fn,
                 first_episode=len(run.episodes),
             )
             collector.env_steps = run.env_steps
-            final = _loop(run, collector, writer, progress)
+            final = _loop(run, collector, progress)
     finally:
-        writer.close()
+        run.writer.close()
     return final
 
 
@@ -278,8 +293,8 @@ class Throughput:
         return self.updates / max(self.update_s, 1e-9)
 
 
-def _loop(run: OnlineRun, collector: Collector, writer: SummaryWriter, progress: bool) -> Path:
-    settings, log, done = run.settings, MetricLog(), Throughput()
+def _loop(run: OnlineRun, collector: Collector, progress: bool) -> Path:
+    settings, done = run.settings, Throughput()
     bar = tqdm(
         total=settings.env_steps,
         initial=collector.env_steps,
@@ -294,18 +309,19 @@ def _loop(run: OnlineRun, collector: Collector, writer: SummaryWriter, progress:
     )
     with stop_requests("the episodes under way finish, then a checkpoint to resume from") as stop:
         try:
+            if settings.eval_every and collector.env_steps == 0:  # the starting agent, fine-tuning's "before"
+                _evaluate(run, 0)
             while True:
                 if stop.requested:  # no episode starts any more; the checkpoint comes when they have ended
                     collector.stop_at = min(collector.stop_at, collector.env_steps)
                 if collector.idle() and (path := _checkpoint_between_episodes(run, collector, stop)):
                     break
-                stepped = _collect(run, collector, writer, done)
+                stepped = _collect(run, collector, done)
                 bar.update(stepped)
                 if collector.env_steps >= settings.warmup:
-                    _update(run, log, writer, settings.utd * stepped, collector.env_steps, done)
+                    _update(run, settings.utd * stepped, collector.env_steps, done)
                 if settings.eval_every and collector.env_steps >= next_eval:
-                    evaluated = run.checkpoint("latest.pt", collector.env_steps, resumable=False)
-                    _evaluate(run, writer, evaluated, collector.env_steps)
+                    _evaluate(run, collector.env_steps)
                     next_eval = _next_multiple(collector.env_steps, settings.eval_every)
         finally:
             bar.close()
@@ -318,7 +334,7 @@ def _checkpoint_between_episodes(run: OnlineRun, collector: Collector, stop: Sto
     RunStopped when a stop was requested; otherwise lets episodes start until the next checkpoint."""
     settings, env_steps = run.settings, collector.env_steps
     finishing = env_steps >= settings.env_steps
-    path = run.checkpoint("final.pt" if finishing else f"step_{env_steps:08d}.pt", env_steps)
+    path = run.save("final.pt" if finishing else f"step_{env_steps:08d}.pt", env_steps)
     if finishing:
         return path
     if stop.requested:
@@ -327,27 +343,32 @@ def _checkpoint_between_episodes(run: OnlineRun, collector: Collector, stop: Sto
     return None
 
 
-def _collect(run: OnlineRun, collector: Collector, writer: SummaryWriter, done: Throughput) -> int:
+def _collect(run: OnlineRun, collector: Collector, done: Throughput) -> int:
     """One step of every running environment; the episodes that ended join the replay. Returns the
     environment steps taken."""
     start, before = time.perf_counter(), collector.env_steps
     for rows in collector.advance():
         run.add(rows)
-        writer.add_scalar("collect/return", rows.episode.episode_return, collector.env_steps)
-        writer.add_scalar("collect/success", float(rows.episode.success), collector.env_steps)
+        run.writer.add_scalar("collect/return", rows.episode.episode_return, collector.env_steps)
+        run.writer.add_scalar("collect/success", float(rows.episode.success), collector.env_steps)
     stepped = collector.env_steps - before
     done.collect_s += time.perf_counter() - start
     done.collected += stepped
     return stepped
 
 
-def _update(run: OnlineRun, log: MetricLog, writer, updates: int, env_steps: int, done: Throughput) -> None:
+def _update(run: OnlineRun, updates: int, env_steps: int, done: Throughput) -> None:
     start = time.perf_counter()
     for _ in range(updates):
-        log.add(run.agent.update(run.sampler.sample()))
+        run.update()
         done.updates += 1
         if done.updates % run.settings.log_every == 0:
-            _log_metrics(run, writer, log, env_steps, done)
+            scalars = {
+                "perf/env_steps_per_s": done.env_steps_per_s,
+                "perf/updates_per_s": done.updates_per_s,
+                "replay/online_chunks": run.replay.online_chunks,
+            }
+            run.read_metrics(env_steps, **scalars)
     done.update_s += time.perf_counter() - start
 
 
@@ -356,33 +377,20 @@ def _next_multiple(steps: int, every: int) -> int:
     return (steps // every + 1) * every if every else np.iinfo(np.int64).max
 
 
-def _log_metrics(run: OnlineRun, writer, log: MetricLog, env_steps: int, done: Throughput) -> None:
-    for key, value in log.read().items():
-        writer.add_scalar(key, value, env_steps)
-    writer.add_scalar("perf/env_steps_per_s", done.env_steps_per_s, env_steps)
-    writer.add_scalar("perf/updates_per_s", done.updates_per_s, env_steps)
-    writer.add_scalar("replay/online_chunks", run.replay.online_chunks, env_steps)
-
-
-def _evaluate(run: OnlineRun, writer, checkpoint: Path, env_steps: int) -> None:
+def _evaluate(run: OnlineRun, env_steps: int) -> None:
+    """The agent as it is (saved as latest.pt), evaluated on the run's evaluation episodes, into TensorBoard
+    and a row of <run>/evaluations.csv."""
     s = run.settings
     report = evaluate(
-        checkpoint,
+        run.save("latest.pt", env_steps, resumable=False),
         episodes=s.eval_episodes,
         workers=s.envs,
         max_steps=s.max_steps,
-        seed=s.seed + EVAL_SEED_OFFSET,
+        seed=run.eval_seed,
         out=run.run_dir / "evaluations",
         progress=False,
     )
-    writer.add_scalar("eval/success_rate", report["success_rate"], env_steps)
-    writer.add_scalar("eval/return_mean", report["return_mean"], env_steps)
-    low, high = report["success_ci95"]
-    append_row(
-        run.run_dir / "evaluations.csv",
-        "env_steps,updates,success_rate,success_ci95_low,success_ci95_high,return_mean",
-        f"{env_steps},{run.agent.num_updates},{report['success_rate']},{low},{high},{report['return_mean']}",
-    )
+    run.record_evaluation(report, env_steps, env_steps=env_steps, updates=run.agent.num_updates)
 
 
 def _write_speed(run: OnlineRun, env_steps: int, done: Throughput) -> None:

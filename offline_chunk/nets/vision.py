@@ -6,16 +6,26 @@ concatenated with that row's low-dimensional observation (diffusion_policy encod
 same way). The networks downstream take the result as their observation rows: (B, To, D + F).
 
 Two encoders (`vision.encoder`):
-- `drq`: DrQ-v2's (Yarats et al. 2021; github facebookresearch/drqv2, drqv2.py `Encoder` and the actor's and
-  critic's `trunk`): conv 3x3 stride 2 then three conv 3x3 stride 1, 32 channels, ReLU, on frames / 255 − 0.5;
-  then Linear -> LayerNorm -> Tanh to the feature. For frames of up to about 96 px.
+- `drq`: DrQ-v2's (Yarats et al. 2021; github facebookresearch/drqv2, drqv2.py `Encoder`, `Actor.trunk`,
+  `Critic.trunk`): conv 3x3 stride 2 then three conv 3x3 stride 1, 32 channels, ReLU, on frames / 255 − 0.5,
+  shared by all networks; then each network's own trunk, Linear -> LayerNorm -> Tanh, from the conv
+  features to `feature_dim` (CameraTrunks). For frames of up to about 96 px.
 - `resnet18`: diffusion_policy's image encoder (robomimic's VisualCore): a ResNet-18 trunk (He et al. 2016)
   with every BatchNorm replaced by GroupNorm(channels // 16) (diffusion_policy `replace_bn_with_gn`), a
   spatial softmax of 32 keypoints (Levine et al. 2016; robomimic models/base_nets.py `SpatialSoftmax`,
-  temperature 1, not learned) and a Linear to the feature. Its parameters are named as torchvision's
-  `resnet18`, so ImageNet weights saved from torchvision load from a local file (`vision.pretrained`);
-  torchvision itself is not a dependency: its PyPI wheel is built against the CUDA torch and does not
-  import beside the CPU build.
+  temperature 1, not learned) and a Linear to the feature, all of it shared. Its parameters are named as
+  torchvision's `resnet18`, so ImageNet weights saved from torchvision load from a local file
+  (`vision.pretrained`); torchvision itself is not a dependency: its PyPI wheel is built against the CUDA
+  torch and does not import beside the CPU build.
+
+Gradients, as DrQ-v2 (drqv2.py `update_critic`, `update_actor`): the shared encoder is trained by the critic
+loss (its optimizer steps with the critics'), and the actor reads its features detached. With `drq` the
+actor's trunk is the actor's (trained by the actor loss, copied into the EMA or target actor) and the
+critics' trunk is the critics' (one for the ensemble, as DrQ-v2's Q1 and Q2 share theirs; trained by the
+critic loss, Polyak-copied into the target critics). `resnet18` keeps its final Linear in the shared
+encoder, as robomimic's VisualCore holds it: a per-network Linear on the 64 keypoint coordinates would be
+followed directly by each network's own input layer, and two linear maps in a row are one; DrQ-v2's trunk
+is a network of its own only through its LayerNorm and Tanh, which robomimic's encoder does not have.
 
 Augmentation (`vision.augment`), in training only, drawn independently for s and s' and once per sample
 for all its history frames of a camera:
@@ -38,6 +48,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from pydantic import Field
 from torch import nn
+from torch.func import functional_call
 
 from offline_chunk.sections import Section
 
@@ -46,8 +57,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class VisionConfig(Section):
-    """The camera encoders (used when the store has cameras): one per camera, trained by the critic loss
-    (DrQ-v2's routing; see ImageEncoder)."""
+    """The camera encoders (used when the store has cameras): one per camera, shared by the networks and
+    trained by the critic loss; with `drq`, each network has its own trunk after it (DrQ-v2's routing; see
+    ImageEncoder)."""
 
     encoder: Literal["drq", "resnet18"] = "drq"
     """drq: DrQ-v2's 4-layer conv net (<= 96 px) | resnet18: GroupNorm ResNet-18 + spatial softmax"""
@@ -108,10 +120,10 @@ def random_crop(frames: torch.Tensor, fraction: float, train: bool) -> torch.Ten
 
 
 class DrQEncoder(nn.Module):
-    """uint8 (N, C, H, W) -> (N, feature_dim): DrQ-v2's conv net and trunk, orthogonal init (drqv2
-    utils.weight_init: gain √2 for the convolutions, biases 0)."""
+    """uint8 (N, C, H, W) -> (N, repr_dim): DrQ-v2's conv net (drqv2.py `Encoder`, repr_dim = 32 h w),
+    orthogonal init (drqv2 utils.weight_init: gain √2, biases 0)."""
 
-    def __init__(self, channels: int, height: int, width: int, feature_dim: int):
+    def __init__(self, channels: int, height: int, width: int):
         super().__init__()
         out_h, out_w = (height - 3) // 2 + 1 - 6, (width - 3) // 2 + 1 - 6  # stride 2, then 3 x (3 - 1)
         if min(out_h, out_w) < 1:
@@ -123,17 +135,83 @@ class DrQEncoder(nn.Module):
         for _ in range(3):
             layers += [nn.Conv2d(32, 32, 3, stride=1), nn.ReLU()]
         self.convnet = nn.Sequential(*layers, nn.Flatten())
-        self.trunk = nn.Sequential(
-            nn.Linear(32 * out_h * out_w, feature_dim), nn.LayerNorm(feature_dim), nn.Tanh()
-        )
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d | nn.Linear):
-                gain = nn.init.calculate_gain("relu") if isinstance(module, nn.Conv2d) else 1.0
-                nn.init.orthogonal_(module.weight, gain)
+        self.repr_dim = 32 * out_h * out_w
+        for module in self.convnet:
+            if isinstance(module, nn.Conv2d):
+                nn.init.orthogonal_(module.weight, nn.init.calculate_gain("relu"))
                 nn.init.zeros_(module.bias)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        return self.trunk(self.convnet(frames.float() / 255.0 - 0.5))
+        return self.convnet(frames.float() / 255.0 - 0.5)
+
+
+def drq_trunk(repr_dim: int, feature_dim: int) -> nn.Sequential:
+    """DrQ-v2's trunk (drqv2.py `Actor.trunk`, `Critic.trunk`): Linear -> LayerNorm -> Tanh, the Linear
+    orthogonal with gain 1 and bias 0 (utils.weight_init)."""
+    linear = nn.Linear(repr_dim, feature_dim)
+    nn.init.orthogonal_(linear.weight)
+    nn.init.zeros_(linear.bias)
+    return nn.Sequential(linear, nn.LayerNorm(feature_dim), nn.Tanh())
+
+
+class CameraTrunks(nn.Module):
+    """One network's trunks, one per camera (`drq_trunk`): observation rows (..., D + Σ repr_dim), D
+    low-dimensional values and then each camera's conv features in ImageEncoder's order -> the rows the
+    network is built for, (..., D + cameras x feature_dim). The D values pass unchanged."""
+
+    def __init__(self, obs_dim: int, repr_dims: dict[str, int], feature_dim: int):
+        super().__init__()
+        self.widths = [obs_dim, *repr_dims.values()]
+        self.nets = nn.ModuleDict({name: drq_trunk(width, feature_dim) for name, width in repr_dims.items()})
+
+    def forward(self, rows: torch.Tensor, detach_params: bool = False) -> torch.Tensor:
+        """detach_params: gradients reach the rows only (the critics' trunk inside an actor's Q term)."""
+        if detach_params:
+            return functional_call(self, {name: p.detach() for name, p in self.named_parameters()}, (rows,))
+        low_dim, *cameras = rows.split(self.widths, dim=-1)
+        features = [net(conv) for net, conv in zip(self.nets.values(), cameras, strict=True)]
+        return torch.cat([low_dim, *features], dim=-1)
+
+
+class TrunkedPolicy(nn.Module):
+    """A chunk policy behind its own camera trunks (DrQ-v2's `Actor.trunk`): the policy's API (forward,
+    sample, sample_candidates, bc_loss) on the agent's observation rows of conv features. A copy of it (the
+    EMA or target actor) carries a copy of the trunks, averaged with the rest of its parameters."""
+
+    def __init__(self, net: nn.Module, trunks: CameraTrunks):
+        super().__init__()
+        self.net, self.trunks = net, trunks
+
+    def forward(self, obs: torch.Tensor, *args, **kwargs):
+        return self.net(self.trunks(obs), *args, **kwargs)
+
+    def sample(self, obs: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return self.net.sample(self.trunks(obs), *args, **kwargs)
+
+    def sample_candidates(self, obs: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return self.net.sample_candidates(self.trunks(obs), *args, **kwargs)
+
+    def bc_loss(self, obs, actions, action_mask=None, target: TrunkedPolicy | None = None, **kwargs):
+        """The policy's loss on this actor's trunk rows. A `target` (CPQL's consistency target, the EMA
+        actor) is its policy on those same rows: the target network of the chunk generator, on the
+        observation features the online actor has learnt."""
+        if target is not None:
+            kwargs["target"] = target.net
+        return self.net.bc_loss(self.trunks(obs), actions, action_mask, **kwargs)
+
+
+class TrunkedCritic(nn.Module):
+    """The critic ensemble behind its own camera trunks (DrQ-v2's `Critic.trunk`: one for all members, as
+    its Q1 and Q2 share theirs): forward(obs, chunk, detach_params) as the ensemble's, on the agent's
+    observation rows of conv features. The target critics are a copy of it, trunks included, and move with
+    it by the same Polyak step."""
+
+    def __init__(self, net: nn.Module, trunks: CameraTrunks):
+        super().__init__()
+        self.net, self.trunks = net, trunks
+
+    def forward(self, obs: torch.Tensor, chunk: torch.Tensor, detach_params: bool = False) -> torch.Tensor:
+        return self.net(self.trunks(obs, detach_params), chunk, detach_params=detach_params)
 
 
 # ---------------------------------------------------------------------- diffusion_policy's ResNet-18
@@ -257,13 +335,15 @@ def module_name(camera: str) -> str:
 
 
 class ImageEncoder(nn.Module):
-    """Frames of every camera {camera: (B, To, C, H, W) uint8} -> features (B, To, cameras x feature_dim),
-    in the order of `image_shapes` (the store's `image_keys`).
+    """Frames of every camera {camera: (B, To, C, H, W) uint8} -> features (B, To, Σ widths), each
+    camera's network's output in the order of `image_shapes` (the store's `image_keys`): with `drq` its
+    conv features, which each network's own trunks (`trunks`) take to `feature_dim`; with `resnet18` its
+    `feature_dim` features.
 
     Gradients, as DrQ-v2 (drqv2.py `update`): the one encoder is shared by the critic ensemble and the
     actor; the critic loss trains it (its optimizer steps with the critics'), the actor reads its features
     detached, and the critic target's next-state features come from this same encoder without gradient
-    (the encoder has no Polyak copy)."""
+    (the encoder has no Polyak copy; with `drq` the target critics have trunks of their own)."""
 
     def __init__(self, image_shapes: dict[str, list[int]], cfg: VisionConfig):
         super().__init__()
@@ -276,11 +356,19 @@ class ImageEncoder(nn.Module):
             if cfg.augment == "crop":
                 height, width = crop_size(height, width, cfg.crop_fraction)
             if cfg.encoder == "drq":
-                nets[name] = DrQEncoder(channels, height, width, cfg.feature_dim)
+                nets[name] = DrQEncoder(channels, height, width)
             else:
                 nets[name] = ResNet18Encoder(channels, height, width, cfg.feature_dim, cfg.pretrained)
         self.nets = nn.ModuleDict(nets)
-        self.feature_dim = cfg.feature_dim * len(self.cameras)
+        self.feature_dim = cfg.feature_dim * len(self.cameras)  # per row, as the networks read them
+
+    def trunks(self, obs_dim: int) -> CameraTrunks | None:
+        """A network's own trunks for observation rows of `obs_dim` low-dimensional values and this
+        encoder's features (`drq`), freshly initialised; None for `resnet18`, whose features are final."""
+        if self.cfg.encoder != "drq":
+            return None
+        repr_dims = {name: net.repr_dim for name, net in self.nets.items()}
+        return CameraTrunks(obs_dim, repr_dims, self.cfg.feature_dim)
 
     def augmented(self, frames: torch.Tensor, train: bool) -> torch.Tensor:
         cfg = self.cfg

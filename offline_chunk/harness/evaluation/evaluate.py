@@ -109,14 +109,21 @@ def evaluate(
     return write_outputs({**settings, **summarize(results), **timing}, results, frames, checkpoint, out)
 
 
+def evaluation_seed(cfg: RunConfig) -> int:
+    """The reset seed of evaluation episode 0 (episode i: seed + i) of a training run and of the fine-tuning
+    runs that continue its checkpoints: the run's seed, so that all of them evaluate the same initial
+    states (`make eval`'s default seed, 0, is that of a run of seed 0)."""
+    return cfg.seed
+
+
 def periodic_evaluator(cfg: RunConfig):
     """The evaluation a run makes every `eval_every` updates (train(..., evaluator=...)): the checkpoint's
-    rollouts for `eval_episodes` episodes, seeded by the run's seed, without a progress bar."""
+    rollouts for `eval_episodes` episodes from `evaluation_seed`, without a progress bar."""
     return partial(
         evaluate,
         episodes=cfg.eval_episodes,
         workers=cfg.eval_workers,
-        seed=cfg.seed,
+        seed=evaluation_seed(cfg),
         max_steps=cfg.eval_max_steps,
         progress=False,
     )

@@ -104,7 +104,7 @@ class Rollouts:
         current = [ex.history[-1] if ex.history is not None else None for ex in self.executors]
         obs, self.env_reward, terminated, truncated, self.info = self.envs.step(actions)
         reward = self.env_reward if self.reward_fn is None else self.reward_fn(self.env_reward)
-        self.on_step(running, current, actions, reward, terminated)
+        self.on_step(running, current, actions, reward, terminated, obs)
         self.returns[running] += reward[running]
         self.lengths[running] += 1
         done = running & (terminated | truncated)
@@ -113,9 +113,9 @@ class Rollouts:
         self.record_frames(running & ((self.lengths % RENDER_EVERY == 0) | done))
         return done
 
-    def on_step(self, running, observations, actions, reward, terminated) -> None:
+    def on_step(self, running, observations, actions, reward, terminated, next_observations) -> None:
         """After each step: the running environments' observations before it, actions, rewards (in the
-        store's convention) and terminations (a hook for collectors)."""
+        store's convention), terminations and the observations it reached (a hook for collectors)."""
 
     def finish(self, k: int) -> Episode:
         episode = int(self.episode_of[k])
