@@ -19,6 +19,7 @@ import torch
 
 from offline_chunk.agents import ChunkAgent, Dims, make_agent
 from offline_chunk.atomic import write_atomic
+from offline_chunk.compute import pick_device
 from offline_chunk.config import RunConfig
 from offline_chunk.data.normalize import Normalizer
 from offline_chunk.errors import CheckpointError
@@ -214,12 +215,6 @@ def agent_from_payload(payload: dict, device) -> ChunkAgent:
     agent.load_state_dict(payload["weights"])
     agent.load_training_state(payload["training"])  # after .to(): optimizer state follows the parameters
     return agent
-
-
-def pick_device(device=None) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def load_agent(checkpoint, device=None) -> ChunkAgent:

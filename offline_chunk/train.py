@@ -26,12 +26,12 @@ from offline_chunk.agents.targets import batch_fields
 from offline_chunk.atomic import append_row
 from offline_chunk.checkpoint import (
     agent_from_payload,
-    pick_device,
     read_checkpoint,
     restore_rng_state,
     save_checkpoint,
     store_provenance,
 )
+from offline_chunk.compute import pick_device
 from offline_chunk.config import RunConfig
 from offline_chunk.data.dataset import OfflineRLDataset
 from offline_chunk.data.normalize import Normalizer
@@ -286,7 +286,7 @@ def build_run(cfg: RunConfig, resume: dict | None = None) -> Run:
         agent = agent_from_payload({**resume, "config": cfg}, device)
         restore_rng_state(resume["rng"], sampler.generator)
         step = resume["step"]
-    agent.configure_execution(cfg.compile, cfg.precision)
+    agent.configure_compute(cfg.compile, cfg.precision)
     run = Run(
         cfg,
         cfg.run_dir,

@@ -35,8 +35,8 @@ from offline_chunk.agents.targets import (
     lerp_parameters_,
     lower_bounded,
 )
+from offline_chunk.compute import CompiledWithFallback, autocast_context, compile_enabled
 from offline_chunk.data.normalize import Normalizer
-from offline_chunk.execution import CompiledWithFallback, autocast_context, compile_enabled
 from offline_chunk.nets.critic import ChunkCriticEnsemble, CriticConfig
 from offline_chunk.nets.vision import ImageEncoder, TrunkedCritic, TrunkedPolicy, VisionConfig
 from offline_chunk.policies import make_policy
@@ -170,8 +170,8 @@ class ChunkAgent(nn.Module):
         trunks = None if self.encoder is None else self.encoder.trunks(self.dims.obs_dim)
         return net if trunks is None else wrapper(net, trunks)
 
-    def configure_execution(self, compile: str | bool = "auto", precision: str = "fp32") -> ChunkAgent:
-        """Compile the loss computations and/or autocast the network passes (execution.py) on the device the
+    def configure_compute(self, compile: str | bool = "auto", precision: str = "fp32") -> ChunkAgent:
+        """Compile the loss computations and/or autocast the network passes (compute.py) on the device the
         agent is on now; what an update computes is unchanged up to floating-point rounding."""
         device = next(self.parameters()).device
         self.autocast = autocast_context(device, precision)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from offline_chunk.harness.envs.chunks import as_observation
+from offline_chunk.harness.envs.executor import as_observation
 from offline_chunk.harness.evaluation.rollouts import Rollouts
 from offline_chunk.harness.evaluation.stats import Episode
 

@@ -48,10 +48,10 @@ from offline_chunk.agents.targets import batch_fields
 from offline_chunk.atomic import write_atomic
 from offline_chunk.checkpoint import (
     agent_from_payload,
-    pick_device,
     read_checkpoint,
     restore_rng_state,
 )
+from offline_chunk.compute import pick_device
 from offline_chunk.config import validated
 from offline_chunk.data.replay import ChunkReplay
 from offline_chunk.data.store import open_store
@@ -122,7 +122,7 @@ class OnlineRun(Learner):
             )
         agent = agent_from_payload(payload, pick_device(cfg.device))
         agent.hold_base_rates()  # the offline schedule spanned the offline run (ChunkAgent)
-        agent.configure_execution(cfg.compile, cfg.precision)
+        agent.configure_compute(cfg.compile, cfg.precision)
         data = open_store(store_path)
         self.replay = ChunkReplay(
             data,

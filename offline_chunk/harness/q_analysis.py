@@ -26,7 +26,8 @@ import torch
 from einops import rearrange
 
 from offline_chunk.agents import ChunkAgent
-from offline_chunk.checkpoint import agent_from_payload, pick_device, read_checkpoint
+from offline_chunk.checkpoint import agent_from_payload, read_checkpoint
+from offline_chunk.compute import pick_device
 from offline_chunk.data.batches import gather_chunks
 from offline_chunk.data.dataset import OfflineRLDataset
 from offline_chunk.data.returns import monte_carlo_returns, unseen_tail_weights

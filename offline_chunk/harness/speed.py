@@ -40,13 +40,12 @@ from torch.utils.flop_counter import flop_registry
 
 from offline_chunk.agents import ChunkAgent, Dims, make_agent
 from offline_chunk.agents.targets import batch_fields
-from offline_chunk.checkpoint import pick_device
+from offline_chunk.compute import CompiledWithFallback, pick_device
 from offline_chunk.config import RunConfig, load_config
 from offline_chunk.data.batches import ChunkSampler
 from offline_chunk.data.dataset import OfflineRLDataset
 from offline_chunk.data.normalize import Normalizer
 from offline_chunk.data.store import StepData
-from offline_chunk.execution import CompiledWithFallback
 
 ROWS, EPISODE, OBS_DIM, ACTION_DIM = 100_000, 1_000, 40, 5
 IMAGE_ROWS = 10_000  # camera stores: 10 episodes (84 px, 2 cameras: 0.4 GB of frames)
@@ -138,7 +137,7 @@ def bench_setup(
     dims = Dims(OBS_DIM, 1, ACTION_DIM, horizon, cameras)
     normalizer = Normalizer.from_data(dataset.data)
     built = make_agent(cfg.agent, dims, normalizer, total_steps=10**6).to(torch_device)
-    built.configure_execution(cfg.compile, cfg.precision)
+    built.configure_compute(cfg.compile, cfg.precision)
     fields = batch_fields(cfg.agent)
     sampler = dataset.sampler(batch_size, device=torch_device, seed=0, images=bool(cameras), **fields)
     return BenchSetup(built, sampler, torch_device, cfg)

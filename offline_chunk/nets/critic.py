@@ -104,7 +104,7 @@ class MLPChunkCritic(nn.Module):
         obs_part = self.trunk.project(0, rearrange(obs, "b t d -> b (t d)"))  # once per state
         chunk_part = self.trunk.project(1, rearrange(chunk, "... h a -> ... (h a)"))
         x = self.trunk(chunk_part + (obs_part[:, None] if candidates else obs_part))
-        # The value layer in its parameters' precision under autocast, as ChunkQNet's (execution.py).
+        # The value layer in its parameters' precision under autocast, as ChunkQNet's (compute.py).
         with torch.autocast(x.device.type, enabled=False):
             return self.value(x.to(self.value.weight.dtype)).squeeze(-1)
 

@@ -134,7 +134,7 @@ class ChunkQNet(nn.Module):
             x = downsample(block(x, cond))
         pooled = x.mean(dim=-1)
         hidden = self.head[:-1](torch.cat([pooled, cond], dim=-1))
-        # The value layer runs in its parameters' precision under autocast (execution.py): Q is a regression
+        # The value layer runs in its parameters' precision under autocast (compute.py): Q is a regression
         # target, and bf16 would round a Q of -80 to a multiple of 0.5.
         value_layer = self.head[-1]
         with torch.autocast(hidden.device.type, enabled=False):

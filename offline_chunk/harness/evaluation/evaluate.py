@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from offline_chunk.checkpoint import agent_from_payload, pick_device, read_checkpoint
+from offline_chunk.checkpoint import agent_from_payload, read_checkpoint
+from offline_chunk.compute import pick_device
 from offline_chunk.config import RunConfig, with_overrides
 from offline_chunk.errors import ConfigError
 from offline_chunk.harness.envs.ogbench_env import make_env

@@ -19,7 +19,7 @@ from functools import partial
 import numpy as np
 import torch
 
-from offline_chunk.harness.envs.chunks import ChunkExecutor
+from offline_chunk.harness.envs.executor import ChunkExecutor
 from offline_chunk.harness.evaluation.stats import Episode
 
 RENDER_EVERY = 3  # steps between GIF frames (OGBench's video_frame_skip)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 
 from offline_chunk.agents import AGENTS
-from offline_chunk.checkpoint import pick_device
+from offline_chunk.compute import pick_device
 from offline_chunk.data.sources.ogbench_npz import VISUAL_PREFIX, sparse_reward
 from offline_chunk.errors import ConfigError
 from offline_chunk.harness.envs.ogbench_env import env_id_from_store, store_attributes, time_limit

@@ -1,5 +1,6 @@
-"""How an agent's update runs, apart from what it computes: torch.compile of its loss computations and bf16
-autocast of its network passes (`ChunkAgent.configure_execution`).
+"""How the networks compute, apart from what they compute: on which device (`pick_device`), and
+torch.compile of an agent's loss computations and bf16 autocast of its network passes
+(`ChunkAgent.configure_compute`).
 
 - compile: `auto` compiles on CUDA only; `true` compiles on any device (inductor generates C++ on the CPU,
   which needs a compiler and, on 2 cores, about 3 minutes per agent); `false` runs eagerly. Inductor's
@@ -21,6 +22,13 @@ import torch
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 COMPILE_CHOICES = ("auto", True, False)
+
+
+def pick_device(device=None) -> torch.device:
+    """`device`, or (None, "auto") CUDA when there is one, else the CPU."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
 
 
 def compile_enabled(choice: str | bool, device: torch.device) -> bool:
