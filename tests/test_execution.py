@@ -11,7 +11,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import offline_chunk.agents.base as agent_base
 from offline_chunk.agents import AGENTS
-from offline_chunk.execution import CompiledWithFallback, autocast_context, compile_enabled
+from offline_chunk.compute import CompiledWithFallback, autocast_context, compile_enabled
 from offline_chunk.train import build_run
 
 UPDATES = 300
@@ -62,7 +62,7 @@ def train_and_probe(tmp_path, compile_choice, precision):
     if not store.exists():
         chain_store(store, reward_scale=30.0)
     run = build_run(tiny_config("cpql", store, tmp_path / "run"))
-    run.agent.configure_execution(compile_choice, precision)
+    run.agent.configure_compute(compile_choice, precision)
     for _ in range(UPDATES):
         run.agent.update(run.sampler.sample())
     probe = run.dataset.sampler(512, seed=99).sample()
@@ -94,7 +94,7 @@ def one_update_moves_q(agent, state: dict, batch: dict, probe: dict, precision: 
     """ΔQ (K, 512) at the probe pairs made by one update of the agent from `state` (weights, Adam state)."""
     agent.load_state_dict(state["weights"])
     agent.load_training_state(copy.deepcopy(state["training"]))
-    agent.configure_execution(False, precision)
+    agent.configure_compute(False, precision)
     before = agent.q_value(probe["observations"], probe["actions"], reduce="none")
     torch.manual_seed(0)  # the same noise draws for the actor's samples in both precisions
     agent.update(batch)
@@ -121,7 +121,7 @@ def test_bf16_update_moves_q_as_fp32_does(fp32_run):
     bf16 = one_update_moves_q(agent, state, batch, probe, "bf16")
     agent.load_state_dict(state["weights"])
     agent.load_training_state(state["training"])
-    agent.configure_execution(False, "fp32")
+    agent.configure_compute(False, "fp32")
     assert fp32.abs().mean() > 1e-3  # the update did move Q
     assert (bf16 - fp32).norm() <= 0.5 * fp32.norm()
     assert not torch.equal(bf16, fp32)  # autocast did act
