@@ -33,7 +33,9 @@ from offline_chunk.agents import AGENTS
 from offline_chunk.errors import ConfigError
 from offline_chunk.sections import Section
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # package data: works from an installed wheel
+# The presets: the checkout's top-level configs/, which offline_chunk/configs links to and a wheel carries
+# as package data, so the same files are read from a checkout and from an installed package.
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 # every agent's Config, told apart by its `name`
 AgentConfigs = Annotated[

@@ -32,9 +32,11 @@ def test_the_wheel_trains_from_another_directory(tmp_path):
     for data in (
         "configs/train/qc.yaml",
         "configs/train/default.yaml",
+        "configs/benchmark/qc-cpu.yaml",
         "harness/reference/qc_ogbench_offline.csv",
     ):
-        assert (site / "offline_chunk" / data).is_file(), data
+        assert (site / "offline_chunk" / data).is_file(), data  # a copy of the checkout's configs/
+        assert not (site / "offline_chunk" / data).is_symlink(), data
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

@@ -26,6 +26,7 @@ import numpy as np
 import yaml
 
 from offline_chunk.atomic import append_row
+from offline_chunk.config import CONFIG_DIR
 from offline_chunk.errors import BenchmarkError
 from offline_chunk.stopping import stop_requests
 
@@ -49,17 +50,10 @@ BC_ONLY = {
 }
 TASK_PATTERN = re.compile(r"^(?P<env>(scene|puzzle-\dx\d|cube-\w+)-play)-singletask-(?P<task>task\d)-v0$")
 
-# Presets: the dataset size, the train preset (configs/train/<name>.yaml: networks, steps, evaluation
-# points) and the reward. `paper` is the published protocol; `quick` fits about a CPU hour per run on the
-# easiest tasks. Its reward is OGBench's (minus the subtasks unsolved) instead of QC's sparse one: on scene
-# task 1's 300-episode store the sparse reward tells 819 goal rows of 300,300 from the rest and left the
-# critic unable to rank the candidate chunks within a CPU hour, while OGBench's also marks the 15,116 rows
-# one subtask short (benchmarks/RESULTS.md, 2026-11-22).
+# Presets, configs/benchmark/<name>.yaml: the dataset size, the train preset (configs/train/<name>.yaml:
+# networks, steps, evaluation points) and the reward; each file says what it is for.
 PRESETS = {
-    "quick": {"episodes": 300, "train_preset": "quick", "reward": "ogbench"},
-    "paper": {"episodes": 1000, "train_preset": "gpu", "reward": "paper"},
-    "qc": {"episodes": 1000, "train_preset": "qc", "reward": "paper"},  # Q-chunking's QC recipe
-    "qc-cpu": {"episodes": 1000, "train_preset": "qc_cpu", "reward": "paper"},  # its 2-core size
+    path.stem: yaml.safe_load(path.read_text()) for path in sorted((CONFIG_DIR / "benchmark").glob("*.yaml"))
 }
 # `paper`: QC's reward for the task's family (parse_task); `sparse` and `ogbench` for every task.
 REWARDS = ("paper", "sparse", "ogbench")
