@@ -218,3 +218,17 @@ def test_an_unfinished_run_resumes_from_its_last_checkpoint(tmp_path, monkeypatc
     (run.run_dir / "config.yaml").write_text(yaml.safe_dump({**run.cfg.model_dump(), "steps": 50}))
     benchmark.launch(run, threads=1, quiet=True)
     assert started[-1][-2] == "--config" and not (run.run_dir / "checkpoints").exists()
+
+
+def test_runs_take_the_users_thread_count_else_share_the_cores_they_may_run_on(monkeypatch):
+    """OMP_NUM_THREADS set by the user is each run's thread count as given (a benchmark beside other work
+    took 2 threads of 2 cores under OMP_NUM_THREADS=1 and ran 10x slower); unset, the CPUs of the process's
+    affinity mask (4 here) are shared between the jobs."""
+    monkeypatch.setattr(benchmark.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert [benchmark.run_threads(jobs) for jobs in (1, 2, 3, 8)] == [4, 2, 1, 1]
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert [benchmark.run_threads(jobs) for jobs in (1, 2)] == [1, 1]
+    monkeypatch.setenv("OMP_NUM_THREADS", "two")
+    with pytest.raises(BenchmarkError, match="OMP_NUM_THREADS='two'"):
+        benchmark.run_threads(1)

@@ -360,6 +360,18 @@ def launch(run: PlannedRun, threads: int, quiet: bool) -> subprocess.Popen:
         )
 
 
+def run_threads(jobs: int) -> int:
+    """Intra-op threads of each of `jobs` runs side by side: the user's OMP_NUM_THREADS when it is set (a
+    user who runs other work beside the benchmark says so with it), else the cores this process may run on
+    (its CPU affinity, which a batch scheduler sets) shared between the runs."""
+    given = os.environ.get("OMP_NUM_THREADS", "")
+    if given:
+        if not given.isdigit() or int(given) < 1:
+            raise BenchmarkError(f"OMP_NUM_THREADS={given!r}: expected a positive whole number of threads")
+        return int(given)
+    return max(1, len(os.sched_getaffinity(0)) // jobs)
+
+
 def run_all(runs: list[PlannedRun], jobs: int) -> list[PlannedRun]:
     """Train the runs that are not complete yet, `jobs` at a time, the cores shared between them; returns
     the runs that failed."""
@@ -368,7 +380,7 @@ def run_all(runs: list[PlannedRun], jobs: int) -> list[PlannedRun]:
     for run in runs:
         if run not in pending:
             print(f"reusing      {run.run_dir} (complete, same config)")
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = run_threads(jobs)
     active: dict[subprocess.Popen, PlannedRun] = {}
     failed = []
     with stop_requests("the runs under way checkpoint after their current update; none starts") as stop:

@@ -168,13 +168,13 @@ def vector_env(env_fn, num_envs: int, fresh: bool = False):
 
 @contextmanager
 def planning_threads(device: torch.device, workers: int):
-    """On the CPU, plan with the cores the environment workers leave free (at least one), then restore the
-    caller's setting: intra-op threads competing with busy workers or other processes for the same cores
-    slow planning down many times (on the shared 2-core machine, a tiny CPQL act call took 161 ms with 2
-    threads and 11 ms with 1)."""
+    """On the CPU, plan with the cores of the affinity mask that the environment workers leave free (at least
+    one, never more than the caller's threads), then restore the caller's setting: intra-op threads
+    competing with busy workers or other processes for the same cores slow planning down many times (on the
+    shared 2-core machine, a tiny CPQL act call took 161 ms with 2 threads and 11 ms with 1)."""
     previous = torch.get_num_threads()
     if device.type == "cpu":
-        torch.set_num_threads(max(1, min(previous, (os.cpu_count() or 1) - workers)))
+        torch.set_num_threads(max(1, min(previous, len(os.sched_getaffinity(0)) - workers)))
     try:
         yield
     finally:
