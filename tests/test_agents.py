@@ -254,9 +254,19 @@ def test_train_cli_writes_checkpoint_and_events_and_load_agent_works(tmp_path, c
     chunks = torch.zeros(3, 2, 2)
     assert agent.q_value(obs, chunks).shape == (3,)
     assert agent.q_value(obs, chunks, reduce="none").shape == (2, 3)
-    chunk = agent.act(torch.zeros(1, 8))
-    assert chunk.shape == (2, 2)
-    assert (chunk.abs() <= 1.0).all()  # declared action bounds [-1, 1]
+    assert agent.act(torch.zeros(1, 8)).shape == (2, 2)
+    # The chosen chunk goes out clipped to [-1, 1] and mapped to the action bounds, a = low + (clip(c) + 1) ·
+    # (high − low) / 2, with the bounds the store declares ([-1, 1], carried by the checkpoint) and with
+    # others. CPQL chooses among the actor's candidate chunks by Q: all 4 candidates are one known chunk c.
+    assert agent.normalizer.action_low.tolist() == [-1.0, -1.0]
+    assert agent.normalizer.action_high.tolist() == [1.0, 1.0]
+    c = torch.tensor([[1.7, -0.25], [-3.0, 0.5]])
+    agent.actor.sample_candidates = lambda obs, n, *args, **kwargs: c.expand(obs.shape[0], n, 2, 2)
+    np.testing.assert_allclose(agent.act(torch.zeros(1, 8)).numpy(), [[1.0, -0.25], [-1.0, 0.5]], atol=1e-6)
+    agent.normalizer.action_low.copy_(torch.tensor([-2.0, 0.0]))
+    agent.normalizer.action_high.copy_(torch.tensor([2.0, 10.0]))
+    # by hand: (2 clip(c_0), 5 (clip(c_1) + 1)) = [[2, 3.75], [-2, 7.5]]
+    np.testing.assert_allclose(agent.act(torch.zeros(1, 8)).numpy(), [[2.0, 3.75], [-2.0, 7.5]], atol=1e-6)
 
 
 def test_train_cli_from_a_runs_config_repeats_the_run(tmp_path):

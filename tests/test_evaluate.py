@@ -83,6 +83,15 @@ def test_push_refuses_a_busy_queue_and_a_short_chunk():
 # --------------------------------------------------------------------------- statistics
 
 
+def wilson_by_formula(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """The textbook Wilson score interval, (p + z²/2n ∓ z √(p(1 − p)/n + z²/4n²)) / (1 + z²/n): a reference
+    written apart from stats.py (which rearranges it to avoid cancellation)."""
+    p = successes / n
+    centre, scale = p + z**2 / (2 * n), 1 + z**2 / n
+    half_width = z * math.sqrt(p * (1 - p) / n + z**2 / (4 * n**2))
+    return (centre - half_width) / scale, (centre + half_width) / scale
+
+
 def test_wilson_interval_by_hand():
     # 21 of 50, z = 1.959964: p = 0.42, z² = 3.841459, z²/2n = 0.0384146, z²/4n² = 0.000384146,
     # half-width z √(0.42·0.58/50 + 0.000384146) = z √0.005256146 = 0.142096, scale 1 + z²/n = 1.0768292:
@@ -93,6 +102,14 @@ def test_wilson_interval_by_hand():
     low, high = wilson_interval(0, 10)
     assert low == 0.0 and high == pytest.approx(0.384146 / 1.384146, abs=1e-6)  # exactly 0, no round-off
     assert wilson_interval(10, 10)[1] == 1.0
+    # 0 of 50: [0, (z²/n) / (1 + z²/n)] = [0, 0.0768292 / 1.0768292] = [0, 0.0713476]; 50 of 50 mirrors it.
+    assert wilson_interval(0, 50) == (0.0, pytest.approx(0.0713476, abs=1e-6))
+    assert wilson_interval(50, 50) == (pytest.approx(0.9286524, abs=1e-6), 1.0)
+    # 25 of 50: centre 0.5, half-width z √(0.25/50 + 0.000384146) / 1.0768292 = z · 0.0733767 / 1.0768292
+    # = 0.133555: [0.366445, 0.633555].
+    assert wilson_interval(25, 50) == pytest.approx((0.366445, 0.633555), abs=1e-6)
+    for successes, n in [(0, 50), (50, 50), (25, 50), (21, 50), (0, 10), (1, 2), (0, 2), (2, 2)]:
+        assert wilson_interval(successes, n) == pytest.approx(wilson_by_formula(successes, n), abs=1e-6)
 
 
 def test_mean_interval_is_normal_approximation():
@@ -150,10 +167,11 @@ def untrained_checkpoint(tmp_path_factory):
 def check_outputs(report: dict, episodes: int, max_steps: int) -> None:
     summary = json.loads(Path(report["outputs"]["json"]).read_text())
     assert summary["episodes"] == episodes and summary["env_id"] == "scene-singletask-task2-v0"
-    low, high = summary["success_ci95"]
-    assert low <= summary["success_rate"] <= high
     with open(report["outputs"]["csv"], newline="") as f:
         rows = list(csv.DictReader(f))
+    successes = sum(row["success"] == "1" for row in rows)
+    assert summary["success_rate"] == successes / episodes
+    assert tuple(summary["success_ci95"]) == pytest.approx(wilson_by_formula(successes, episodes), abs=1e-6)
     assert len(rows) == episodes
     assert all(row["success"] in ("0", "1") and 1 <= int(row["length"]) <= max_steps for row in rows)
     assert [int(row["seed"]) for row in rows] == [summary["seed"] + i for i in range(episodes)]
@@ -272,7 +290,9 @@ def test_periodic_evaluation_during_training(tmp_path):
     assert [int(row["step"]) for row in rows] == [2, 4]
     for row in rows:
         assert float(row["success_rate"]) in (0.0, 0.5, 1.0)  # two episodes
-        assert float(row["success_ci95_low"]) <= float(row["success_rate"]) <= float(row["success_ci95_high"])
+        interval = float(row["success_ci95_low"]), float(row["success_ci95_high"])
+        successes = round(2 * float(row["success_rate"]))
+        assert interval == pytest.approx(wilson_by_formula(successes, 2), abs=1e-6)
         assert float(row["return_mean"]) <= 0.0  # OGBench single-task rewards are never positive
     checkpoints = run_dir / "checkpoints"
     assert sorted(p.name for p in checkpoints.glob("*.pt")) == [

@@ -55,16 +55,68 @@ def random_chunk(batch: int, horizon: int) -> torch.Tensor:
     return torch.rand(batch, horizon, ACTION_DIM) * 2 - 1
 
 
+def vp_alpha_bar(t: int, steps: int, beta_min: float = 0.1, beta_max: float = 10.0) -> float:
+    """ᾱ_t = Π_{s<=t+1} α_s of the VP schedule in closed form: the exponents of the α_s of
+    test_vp_betas_match_the_closed_form summed over s = 1..k are k β_min / T + (β_max − β_min) k² / (2 T²),
+    k = t + 1."""
+    k = t + 1
+    return math.exp(-k * beta_min / steps - (beta_max - beta_min) * k**2 / (2 * steps**2))
+
+
+def cosine_alpha_bar(t: int, steps: int) -> float:
+    """ᾱ_t of the squaredcos_cap_v2 schedule (Nichol & Dhariwal 2021, eq. 17, s = 0.008):
+    f((t + 1) / T) / f(0), f(x) = cos²((x + s) / (1 + s) · π/2), the product of the 1 − β_i telescoping; only
+    the last β, 1 − f(1) / f(1 − 1/T) ≈ 1, reaches the cap 0.999."""
+    f = lambda x: math.cos((x + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+    if t == steps - 1:
+        return f(t / steps) / f(0.0) * (1 - 0.999)
+    return f((t + 1) / steps) / f(0.0)
+
+
+def oracle_network(variant: str, target: torch.Tensor):
+    """A stand-in for the policy's net that, called at any noise level, predicts the output for which the
+    sampler's data estimate is exactly `target` (H, A): DDPM's ε̂ = (x_t − √ᾱ_t target) / √(1 − ᾱ_t), so that
+    x̂0 = (x_t − √(1 − ᾱ_t) ε̂) / √ᾱ_t = target; the consistency model's F = (target − c_skip x) / c_out with
+    Song et al. 2023's c_skip = σ_d² / ((σ − σ_min)² + σ_d²), c_out = σ_d (σ − σ_min) / √(σ² + σ_d²), its
+    input c_in x with c_in = (σ² + σ_d²)^-½ and its noise input 250 ln σ (App. C). All by hand, in float64."""
+    kind, kwargs = VARIANTS[variant]
+    steps = kwargs.get("num_diffusion_steps", 5)
+    schedule = cosine_alpha_bar if kwargs.get("beta_schedule") == "squaredcos_cap_v2" else vp_alpha_bar
+    goal = target.double()
+
+    def network(noisy_chunk, noise_level, obs_feature):
+        x, level = noisy_chunk.double(), noise_level.double()[:, None, None]
+        if kind == "ddpm":
+            a = torch.tensor([schedule(int(t), steps) for t in noise_level.round()], dtype=torch.float64)
+            a = a[:, None, None]
+            out = (x - a.sqrt() * goal) / (1 - a).sqrt()
+        else:
+            sigma = torch.exp(level / 250.0)
+            x = x * (sigma**2 + SIGMA_DATA**2).sqrt()  # undo c_in
+            c_skip = SIGMA_DATA**2 / ((sigma - SIGMA_MIN) ** 2 + SIGMA_DATA**2)
+            c_out = SIGMA_DATA * (sigma - SIGMA_MIN) / (sigma**2 + SIGMA_DATA**2).sqrt()
+            out = (goal - c_skip * x) / c_out
+        return out.to(noisy_chunk.dtype)
+
+    return network
+
+
 @pytest.mark.parametrize("horizon", [1, 5, 7])
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_shapes_and_range(variant, horizon):
+    """The sampler returns the clipped data estimate of its last step, clip(x̂0, −1, 1): with a stand-in net
+    whose estimate is a known chunk, in-range values come back as they are and values beyond ±1 as ±1."""
     torch.manual_seed(0)
     policy = tiny_policy(variant, horizon)
     obs = random_obs(3)
-    chunks = policy.sample(obs)
-    assert chunks.shape == (3, horizon, ACTION_DIM)
-    assert chunks.abs().max() <= 1.0
+    assert policy.sample(obs).shape == (3, horizon, ACTION_DIM)
     assert policy.bc_loss(obs, random_chunk(3, horizon)).shape == (3,)
+    values = [4.0, -0.6, 0.3, -9.0, -1.5, 0.95, 0.0, 2.0, -0.25, 1.0, -1.0, 0.7, 1.3, -0.45][: 2 * horizon]
+    target = torch.tensor(values).view(horizon, ACTION_DIM)
+    clipped = torch.tensor([max(-1.0, min(1.0, v)) for v in values]).view(horizon, ACTION_DIM)
+    policy.network = oracle_network(variant, target)
+    chunks = policy.sample(obs)
+    torch.testing.assert_close(chunks, clipped.expand(3, -1, -1), rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))

@@ -59,7 +59,6 @@ def test_gaussian_policy_shapes_and_first_action(decoding):
     obs = torch.randn(5, 2, 3)
     chunk, log_prob, mean_chunk = policy(obs)
     assert chunk.shape == mean_chunk.shape == (5, 4, 2) and log_prob.shape == (5,)
-    assert (chunk.abs() < 1).all() and torch.isfinite(log_prob).all()
     torch.manual_seed(1)
     first, first_log_prob, first_mean = policy(obs, return_sequence=False)
     torch.manual_seed(1)
@@ -67,6 +66,50 @@ def test_gaussian_policy_shapes_and_first_action(decoding):
     assert first.shape == first_mean.shape == (5, 2) and first_log_prob.shape == (5,)
     torch.testing.assert_close(first, again[:, 0])
     torch.testing.assert_close(first_mean, again_mean[:, 0])
+
+
+def log_cosh(x: np.ndarray) -> np.ndarray:
+    """log cosh x = |x| + log(1 + e^{−2|x|}) − log 2, exact for large |x| where cosh overflows."""
+    return np.abs(x) + np.log1p(np.exp(-2 * np.abs(x))) - np.log(2.0)
+
+
+@pytest.mark.parametrize("decoding", ["parallel", "autoregressive"])
+def test_gaussian_policy_samples_and_log_probs_by_hand(decoding):
+    """With the head's output fixed (weights 0, bias (μ, log σ) = (0.3, −1.2, −9, 7)), the log-std is clamped
+    to [−5, 2], the sample is a_{t,i} = tanh(μ_i + σ_i ε_{t,i}) for the draws ε ~ N(0, I), the mean chunk
+    tanh(μ), and the joint log-probability Σ_{t,i} [log N(ε; 0, 1) − log σ_i − log(1 − a²)], with
+    log(1 − tanh² x) = −2 log cosh x (SAC's change of variables). σ = e² saturates tanh (|ã| > 9 for some
+    draws): those actions are ±1 in float32, and the log-probability stays finite and exact."""
+    torch.manual_seed(0)
+    policy = TanhGaussianChunkPolicy(
+        3, 2, 2, 4, feature_dim=16, num_heads=2, feedforward_dim=32, decoding=decoding
+    )
+    with torch.no_grad():
+        policy.head.weight.zero_()
+        policy.head.bias.copy_(torch.tensor([0.3, -1.2, -9.0, 7.0]))
+    obs = torch.randn(5, 2, 3)
+    with torch.no_grad():
+        torch.manual_seed(1)
+        chunk, log_prob, mean_chunk = policy(obs)
+        torch.manual_seed(1)
+        first, first_log_prob, first_mean = policy(obs, return_sequence=False)
+    torch.manual_seed(1)
+    epsilon = torch.randn(5, 4, 2).double().numpy()  # the policy's one draw, (B, H, A)
+    mu, sigma = np.array([0.3, -1.2]), np.exp([-5.0, 2.0])
+    pre_tanh = mu + sigma * epsilon
+    step = -0.5 * epsilon**2 - np.log(sigma) - 0.5 * np.log(2 * np.pi) + 2 * log_cosh(pre_tanh)  # (B, H, A)
+    expected = {
+        "chunk": np.tanh(pre_tanh),
+        "mean": np.broadcast_to(np.tanh(mu), (5, 4, 2)),
+        "log_prob": step.sum(axis=(1, 2)),
+    }
+    assert np.abs(expected["chunk"]).max() > 1 - 1e-8  # saturated actions are among them
+    np.testing.assert_allclose(chunk.numpy(), expected["chunk"], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(mean_chunk.numpy(), expected["mean"], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(log_prob.numpy(), expected["log_prob"], rtol=1e-5)
+    np.testing.assert_allclose(first.numpy(), expected["chunk"][:, 0], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(first_mean.numpy(), expected["mean"][:, 0], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(first_log_prob.numpy(), step[:, 0].sum(axis=1), rtol=1e-5)
 
 
 def test_autoregressive_decoding_is_causal():
@@ -252,17 +295,46 @@ def test_agent_trains_with_finite_losses(tmp_path, variant):
         assert metrics["q_chunking/adjusted_entropy"].item() == -4.0  # −A · H (linear scaling)
 
 
+class StandInActor(nn.Module):
+    """An actor whose chunks are fixed (B = 1 and 3 alike): the tanh-Gaussian's (sample, log p, mean chunk)
+    or the deterministic actor's chunk, in normalized units and beyond [-1, 1] in places."""
+
+    SAMPLE = torch.tensor([[-3.0, 0.75], [0.0, 1.25]])
+    MEAN = torch.tensor([[0.5, -2.0], [1.5, -0.25]])
+
+    def __init__(self, gaussian: bool):
+        super().__init__()
+        self.gaussian = gaussian
+
+    def forward(self, obs):
+        sample, mean = (chunk.expand(obs.shape[0], -1, -1) for chunk in (self.SAMPLE, self.MEAN))
+        return (sample, torch.zeros(obs.shape[0]), mean) if self.gaussian else sample
+
+
 @pytest.mark.parametrize(
     "name, select", [("chunk_sac", "mean"), ("chunk_sac", "sample"), ("td3bc", "deterministic")]
 )
 def test_checkpoint_loads_and_acts_within_bounds(tmp_path, name, select):
+    """`act` executes the actor's chunk (the mean chunk or the sample, as `act.select` says), clipped to
+    [-1, 1] and mapped to the action bounds: a = low + (clip(c) + 1) (high − low) / 2. By hand for bounds
+    low = (−2, 0), high = (2, 10), i.e. a = (2 clip(c_0), 5 (clip(c_1) + 1)):
+    MEAN   [[0.5, −2], [1.5, −0.25]] -> clipped [[0.5, −1], [1, −0.25]] -> [[1, 0], [2, 3.75]]
+    SAMPLE [[−3, 0.75], [0, 1.25]]   -> clipped [[−1, 0.75], [0, 1]]   -> [[−2, 8.75], [0, 10]]"""
     store = chain_store(tmp_path / "chain.zarr")
     final = train(tiny_config(name, store, tmp_path / "run", "steps=20", f"agent.act.select={select}"))
     agent = load_agent(final)
     assert type(agent).name == name
-    chunk = agent.act(torch.zeros(1, 8))
-    assert chunk.shape == (2, 2) and (chunk.abs() <= 1.0).all()  # declared action bounds [-1, 1]
+    assert agent.act(torch.zeros(1, 8)).shape == (2, 2)
     assert agent.act(torch.zeros(3, 1, 8)).shape == (3, 2, 2)
+    # The store declares the bounds [-1, 1]: the checkpoint's normalizer carries them.
+    assert agent.normalizer.action_low.tolist() == [-1.0, -1.0]
+    assert agent.normalizer.action_high.tolist() == [1.0, 1.0]
+    agent.normalizer.action_low.copy_(torch.tensor([-2.0, 0.0]))
+    agent.normalizer.action_high.copy_(torch.tensor([2.0, 10.0]))
+    agent.actor = StandInActor(gaussian=name == "chunk_sac")
+    expected = [[1.0, 0.0], [2.0, 3.75]] if select == "mean" else [[-2.0, 8.75], [0.0, 10.0]]
+    np.testing.assert_allclose(agent.act(torch.zeros(1, 8)).numpy(), expected, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(agent.act(np.zeros((3, 1, 8), np.float32)), [expected] * 3, rtol=0, atol=1e-6)
     obs, chunks = torch.zeros(3, 1, 8), torch.zeros(3, 2, 2)
     assert agent.q_value(obs, chunks).shape == (3,)
     assert agent.q_value(obs, chunks, reduce="none").shape == (2, 3)

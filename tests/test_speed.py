@@ -45,19 +45,46 @@ def test_throughput_is_updates_over_block_time(monkeypatch):
     assert setup.steps == 24 and setup.syncs == 6  # synchronised before and after each block
 
 
-def test_bench_command_writes_table_and_json(tmp_path, capsys):
+def test_bench_command_writes_table_and_json(tmp_path, capsys, monkeypatch):
+    """The timed updates take known times: the clock reads real time plus an offset that each update of the
+    3 timed blocks of 2 advances by 1e6, 2e6 and 4e5 s (blocks of 2e6, 4e6 and 8e5 s). Block rates by hand
+    2 / 2e6 = 1e-6, 2 / 4e6 = 5e-7 and 2 / 8e5 = 2.5e-6 updates/s; their median 1e-6 (the mean would be
+    1.33e-6, all updates over all the time 6 / 6.8e6 = 8.8e-7); 1e6 / 1e-6 s = 2.778e8 h to 1M updates. A
+    block's real time (0.1 s, 10 s on a loaded machine) moves its rate by less than 0.1% below 800 s."""
+    real_clock, offset, durations = speed.time.perf_counter, [0.0], iter([])
+    real_step, real_throughput = speed.BenchSetup.step, speed.throughput
+
+    def step(setup):
+        metrics = real_step(setup)
+        offset[0] += next(durations, 0.0)  # the timed blocks' updates only
+        return metrics
+
+    def timed_blocks(setup, blocks, block_updates):
+        nonlocal durations
+        durations = iter([1e6, 1e6, 2e6, 2e6, 4e5, 4e5])
+        return real_throughput(setup, blocks, block_updates)
+
+    monkeypatch.setattr(speed.time, "perf_counter", lambda: real_clock() + offset[0])
+    monkeypatch.setattr(speed.BenchSetup, "step", step)
+    monkeypatch.setattr(speed, "throughput", timed_blocks)
     out = tmp_path / "speed"
-    args = ["bench", "--agent", "td3bc", "--config", "matched", "--device", "cpu", "--blocks", "2"]
+    args = ["bench", "--agent", "td3bc", "--config", "matched", "--device", "cpu", "--blocks", "3"]
     assert main([*args, "--block-updates", "2", "--out", str(out)]) == 0
+    assert next(durations, None) is None  # all 6 timed updates were in the blocks
     result = json.loads(out.with_suffix(".json").read_text())["results"][0]
-    assert result["agent"] == "td3bc" and result["config"] == "matched" and len(result["blocks"]) == 2
-    assert min(result["blocks"]) <= result["updates_per_s"] <= max(result["blocks"])
+    assert result["agent"] == "td3bc" and result["config"] == "matched"
+    assert result["blocks"] == pytest.approx([1e-6, 5e-7, 2.5e-6], rel=1e-3)
+    assert result["updates_per_s"] == pytest.approx(1e-6, rel=1e-3)
+    assert result["updates_per_s_min"] == pytest.approx(5e-7, rel=1e-3)
+    assert result["updates_per_s_max"] == pytest.approx(2.5e-6, rel=1e-3)
+    assert result["hours_to_1m_updates"] == pytest.approx(1e12 / 3600, rel=1e-3)
+    # FLOP/s at the median rate: GFLOP per update · 1e9 · 1e-6 updates/s / 1e12
+    assert result["achieved_tflops"] == pytest.approx(result["gflop_per_update"] * 1e-9, rel=1e-3)
     assert set(result["split_ms"]) == {"sample", "critic", "actor", "targets"}
     assert all(v > 0 for v in result["split_ms"].values())
     # The FLOPs of an update are at least those of the critics' forward pass on the batch: 2 FLOPs per
     # multiply-add of every critic weight, once per sample (convolutions apply theirs at several positions).
     assert result["gflop_per_update"] * 1e9 > 2 * result["critic_params"] * 256
-    assert result["hours_to_1m_updates"] == pytest.approx(1e6 / result["updates_per_s"] / 3600)
     assert "| td3bc | matched |" in out.with_suffix(".md").read_text()
     assert "written:" in capsys.readouterr().out
 
