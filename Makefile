@@ -28,7 +28,7 @@ empty :=
 space := $(empty) $(empty)
 OVERRIDES = $(subst ^,$(space),$(filter-out $(OWN_VARIABLES),$(subst \$(space),^,$(MAKEOVERRIDES))))
 
-.PHONY: install lock test-portability dataset train eval finetune benchmark test test-all bench bench-images bench-scaling bench-data lint clean help
+.PHONY: install lock test-portability dataset train eval finetune online benchmark test test-all bench bench-images bench-scaling bench-data lint clean help
 
 help:
 	@echo "make install                    create $(VENV) with torch and every extra"
@@ -36,6 +36,7 @@ help:
 	@echo "make train [AGENT=cpql|dql|chunk_sac|td3bc] [DATASET=...] [STEPS=...] [RUN=...] [RESUME=ckpt] [PRESET=default|quick|gpu|qc|qc_cpu] [key=value ...]"
 	@echo "make eval CKPT=... [EPISODES=50] [EXECUTE=k] [WORKERS=2] [ARGS=...]  rollouts in the simulator"
 	@echo "make finetune CKPT=... [STEPS=50000] [UTD=1] [ENVS=1] [ARGS=...]  continue online in the simulator"
+	@echo "make online [AGENT=chunk_sac] [DATASET=...] [STEPS=100000] [UTD=1] [RUN=...] [key=value ...]  an untrained agent online (RLPD)"
 	@echo "make benchmark [TASK=...] [AGENT=a,b] [SEEDS=0,1,2] [JOBS=2] [STEPS=...] [BENCH=quick|paper|qc|qc-cpu] [REWARD=paper|sparse|ogbench]"
 	@echo "make test                       fast CPU test suite (what CI runs)"
 	@echo "make test-portability           the same suite under 2 CPU kernel sets x 1 and 2 threads"
@@ -90,6 +91,13 @@ finetune: $(STAMP)
 	$(PY) -m offline_chunk finetune "$(or $(RESUME),$(CKPT))" $(if $(RESUME),--resume) \
 		$(if $(STEPS),--env-steps $(STEPS)) $(if $(UTD),--utd $(UTD)) $(if $(ENVS),--envs $(ENVS)) \
 		$(if $(RUN),--run "$(RUN)") $(ARGS)
+
+# An untrained agent (AGENT, default chunk_sac) learning online with the store in its replay: RLPD's batches
+# (half online), uniform warm-up actions, STEPS environment steps (default 100,000). ARGS as finetune's.
+online: $(STAMP) $(if $(DATASET),,$(DEFAULT_STORE))
+	$(PY) -m offline_chunk online --agent $(if $(filter command line,$(origin AGENT)),$(AGENT),chunk_sac) \
+		--preset $(PRESET) $(if $(DATASET),--dataset "$(DATASET)") $(if $(STEPS),--env-steps $(STEPS)) \
+		$(if $(UTD),--utd $(UTD)) $(if $(ENVS),--envs $(ENVS)) $(if $(RUN),--run "$(RUN)") $(OVERRIDES) $(ARGS)
 
 $(DEFAULT_STORE): | $(STAMP)
 	$(PY) -m offline_chunk dataset ogbench:scene-play-singletask-task2-v0 --out $@

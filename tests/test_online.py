@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import CountingEnv, tiny_scene_checkpoint
+from helpers import CountingEnv, tiny_nets, tiny_scene_checkpoint
 
 from offline_chunk.data.replay import ChunkReplay
 from offline_chunk.data.store import StepData
@@ -381,3 +381,35 @@ def test_a_diverging_fine_tuning_run_stops_with_a_checkpoint_naming_the_bound(of
         finetune(tight, settings, tmp_path / "run", progress=False)
     diverged = tmp_path / "run" / "checkpoints" / "diverged_environment_step_00000019.pt"
     assert torch.load(diverged, weights_only=True)["step"] == 20 + 10
+
+
+def test_make_online_starts_untrained_with_uniform_warmup_actions_and_half_online_batches(
+    offline_checkpoint, tmp_path
+):
+    """`online`: the chunk_sac agent of `make train`'s config, saved untrained (update 0), then the
+    fine-tuning loop. The warm-up's 10 steps act uniformly in the store's action bounds: with H = 5 they are
+    the first two chunks of torch.rand after manual_seed(seed), mapped to [low, high] by hand. Updates run
+    from step 10 to the end of the second 15-step episode (step 30): 21."""
+    import zarr
+
+    from offline_chunk.checkpoint import read_checkpoint
+    from offline_chunk.config import load_config
+    from offline_chunk.harness.finetune import FinetuneSettings, train_online
+
+    store = offline_checkpoint.parents[2] / "s.zarr"
+    named = [f"dataset={store}", f"run_dir={tmp_path / 'run'}", "batch_size=8", "seed=3", "horizon=5"]
+    cfg = load_config("chunk_sac", "default", [*named, "divergence_factor=1000", *tiny_nets("chunk_sac")])
+    settings = FinetuneSettings(
+        env_steps=20, warmup=10, max_steps=15, eval_every=0, log_every=5, online_fraction=0.5,
+        warmup_actions="uniform", seed=3,
+    )  # fmt: skip
+    final = read_checkpoint(train_online(cfg, settings, progress=False))
+    assert read_checkpoint(tmp_path / "run" / "checkpoints" / "untrained.pt")["step"] == 0
+    assert final["step"] == 21 and final["online"]["settings"]["online_fraction"] == 0.5
+    actions = np.load(tmp_path / "run" / "online_episodes.npz")["action"]
+    attrs, width = zarr.open_group(str(store), mode="r").attrs, actions.shape[1]
+    low, high = (np.broadcast_to(np.float32(attrs[key]), width) for key in ("action_low", "action_high"))
+    torch.manual_seed(3)
+    draws = torch.cat([torch.rand(1, 5, width) for _ in range(2)], dim=1)[0].numpy() * 2 - 1
+    expected = low + (draws + 1) * (high - low) / 2
+    np.testing.assert_allclose(actions[:10], expected, rtol=1e-6, atol=1e-6)  # float32: one affine map

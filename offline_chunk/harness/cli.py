@@ -102,19 +102,37 @@ def cmd_eval(args) -> None:
     print(format_summary(report))
 
 
+def given_settings(args) -> dict:
+    """The fine-tuning settings given on the command line."""
+    from offline_chunk.harness.finetune import FinetuneSettings
+
+    return {
+        name: getattr(args, name) for name in FinetuneSettings.model_fields if getattr(args, name) is not None
+    }
+
+
 def cmd_finetune(args) -> None:
     from offline_chunk.config import validated
     from offline_chunk.harness.finetune import FinetuneSettings, finetune
 
-    given = {
-        name: getattr(args, name) for name in FinetuneSettings.model_fields if getattr(args, name) is not None
-    }
+    given = given_settings(args)
     if args.resume and set(given) - {"env_steps"}:
         raise ConfigError(
             f"--resume goes on with the run's settings; only --env-steps may change, got {sorted(given)}"
         )
     settings = validated(given, "finetune", FinetuneSettings) if given or not args.resume else None
     finetune(args.checkpoint, settings, args.run, progress=not args.no_progress, resume=args.resume)
+
+
+def cmd_online(args) -> None:
+    from offline_chunk.config import load_config, validated
+    from offline_chunk.harness.finetune import ONLINE_DEFAULTS, FinetuneSettings, train_online
+
+    named = [f"{key}={value}" for key, value in (("dataset", args.dataset), ("run_dir", args.run)) if value]
+    cfg = load_config(args.agent, args.preset, named + args.overrides)
+    settings = {**ONLINE_DEFAULTS, "seed": cfg.seed, **given_settings(args)}  # the run's seed by default
+    settings = validated(settings, "online", FinetuneSettings)
+    train_online(cfg, settings, progress=not args.no_progress)
 
 
 def cmd_benchmark(args) -> None:
@@ -145,6 +163,41 @@ def cmd_bench(args) -> None:
         cameras = args.cameras.split(",") if args.cameras else [""]
         run_bench(args.agent.split(","), args.config.split(","), args.device, Path(args.out), args.blocks,
                   args.block_updates, args.overrides, cameras)  # fmt: skip
+
+
+def add_online_settings(parser) -> None:
+    """The flags of FinetuneSettings (make finetune, make online)."""
+    parser.add_argument(
+        "--env-steps",
+        type=int,
+        help="environment steps to collect (default: finetune 50,000, online 100,000)",
+    )
+    parser.add_argument("--utd", type=int, help="updates per environment step (default 1, QC's)")
+    parser.add_argument("--envs", type=int, help="environments collecting at once (default 1)")
+    parser.add_argument("--warmup", type=int, help="steps collected before updates start (default 5,000)")
+    parser.add_argument(
+        "--warmup-actions",
+        choices=["policy", "uniform"],
+        help="what acts in the warm-up (default: finetune policy, online uniform)",
+    )
+    parser.add_argument(
+        "--online-fraction",
+        type=float,
+        help="share of online chunks per batch (default: finetune all alike, online 0.5)",
+    )
+    parser.add_argument("--noise", type=float, help="td3bc's exploration noise (default 0.1)")
+    parser.add_argument(
+        "--eval-every", type=int, help="environment steps between evaluations (default 10,000)"
+    )
+    parser.add_argument("--eval-episodes", type=int, help="episodes per evaluation (default 50)")
+    parser.add_argument("--checkpoint-every", type=int, help="environment steps between checkpoints")
+    parser.add_argument("--log-every", type=int, help="updates between metric logs (default 1,000)")
+    parser.add_argument("--max-steps", type=int, help="episode time limit (default: the environment's)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        help="seeds the updates; collection episode i resets with seed + 1,000,000 + i (default 0)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -209,28 +262,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     tune = commands.add_parser("finetune", help="continue a checkpoint's agent online in its simulator")
     tune.add_argument("checkpoint")
-    tune.add_argument("--env-steps", type=int, help="environment steps to collect (default 50,000)")
-    tune.add_argument("--utd", type=int, help="updates per environment step (default 1, QC's)")
-    tune.add_argument("--envs", type=int, help="environments collecting at once (default 1)")
-    tune.add_argument("--warmup", type=int, help="steps collected before updates start (default 5,000)")
-    tune.add_argument(
-        "--online-fraction", type=float, help="share of online chunks per batch (default: all alike)"
-    )
-    tune.add_argument("--noise", type=float, help="td3bc's exploration noise (default 0.1)")
-    tune.add_argument("--eval-every", type=int, help="environment steps between evaluations (default 10,000)")
-    tune.add_argument("--eval-episodes", type=int, help="episodes per evaluation (default 50)")
-    tune.add_argument("--checkpoint-every", type=int, help="environment steps between checkpoints")
-    tune.add_argument("--log-every", type=int, help="updates between metric logs (default 1,000)")
-    tune.add_argument("--max-steps", type=int, help="episode time limit (default: the environment's)")
-    tune.add_argument(
-        "--seed",
-        type=int,
-        help="seeds the updates; collection episode i resets with seed + 1,000,000 + i (default 0)",
-    )
+    add_online_settings(tune)
     tune.add_argument("--run", help="output directory (default: finetune-<time> beside the checkpoint's run)")
     tune.add_argument("--resume", action="store_true", help="continue a fine-tuning run from its checkpoint")
     tune.add_argument("--no-progress", action="store_true", help="no progress bar")
     tune.set_defaults(handler=cmd_finetune)
+
+    online = commands.add_parser(
+        "online", help="train an untrained agent online, the store in its replay (RLPD; Q-chunking's RLPD-AC)"
+    )
+    online.add_argument("--agent", default="chunk_sac", choices=list(AGENTS))
+    online.add_argument("--preset", default="default", help="configs/train/<preset>.yaml (the networks)")
+    online.add_argument("--dataset", help="store path (overrides the config's dataset)")
+    online.add_argument("--run", help="run directory (default runs/<agent>-<dataset>-<time>)")
+    add_online_settings(online)
+    online.add_argument("--no-progress", action="store_true", help="no progress bar")
+    online.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. agent.lr=1e-4"
+    )
+    online.set_defaults(handler=cmd_online)
 
     bench = commands.add_parser("benchmark", help="train and evaluate on an OGBench task; table vs the paper")
     bench.add_argument("--task", default="scene-play-singletask-task1-v0")

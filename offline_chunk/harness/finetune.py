@@ -37,9 +37,11 @@ import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
+import yaml
 from pydantic import Field
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
@@ -52,7 +54,7 @@ from offline_chunk.checkpoint import (
     restore_rng_state,
 )
 from offline_chunk.compute import pick_device
-from offline_chunk.config import validated
+from offline_chunk.config import RunConfig, validated
 from offline_chunk.data.replay import ChunkReplay
 from offline_chunk.data.store import open_store
 from offline_chunk.errors import CheckpointError
@@ -64,7 +66,7 @@ from offline_chunk.harness.evaluation.settings import REWARD_TRANSFORMS, reward_
 from offline_chunk.harness.evaluation.stats import Episode
 from offline_chunk.sections import Section
 from offline_chunk.stopping import StopRequest, stop_requests
-from offline_chunk.train import Learner, q_bound
+from offline_chunk.train import Learner, build_run, default_run_dir, q_bound
 
 COLLECT_SEED_OFFSET = 1_000_000  # collection episodes reset with seeds no evaluation episode uses
 
@@ -80,6 +82,9 @@ class FinetuneSettings(Section):
     """environments collecting at once (QC: 1)"""
     warmup: int = Field(5_000, ge=0)
     """environment steps collected before online updates start (QC's start_training)"""
+    warmup_actions: Literal["policy", "uniform"] = "policy"
+    """what acts during the warm-up: the agent (fine-tuning, QC) or actions drawn uniformly in the action
+    bounds, one per step (RLPD and Q-chunking's main_online, for an untrained agent)"""
     online_fraction: float | None = Field(None, ge=0, le=1)
     """None: batches sample offline and online chunks alike (QC); a share of online chunks (RLPD: 0.5)"""
     noise: float = 0.1
@@ -250,7 +255,11 @@ def finetune(
     run.writer = SummaryWriter(run.run_dir / "tb")
     env_fn = partial(make_env, run.env_id, time_limit(run.env_id, settings.max_steps))
     reward_fn = REWARD_TRANSFORMS.get(reward_convention(run.store))
-    plan = partial(_plan, run.agent, settings.noise)
+
+    def plan(histories: np.ndarray) -> np.ndarray:  # collector: bound below, before the first plan
+        warming = settings.warmup_actions == "uniform" and collector.env_steps < settings.warmup
+        return (_uniform_chunks if warming else _plan)(run.agent, settings.noise, histories)
+
     try:
         with vector_env(env_fn, settings.envs) as envs:
             collector = Collector(
@@ -269,9 +278,36 @@ def finetune(
     return final
 
 
+# `make online`'s settings: RLPD's (Ball et al. 2023) as Q-chunking's main_online runs RLPD-AC: half of each
+# batch online, uniform actions for the warm-up, 100k environment steps at one update each.
+ONLINE_DEFAULTS = {"env_steps": 100_000, "online_fraction": 0.5, "warmup_actions": "uniform"}
+
+
+def train_online(cfg: RunConfig, settings: FinetuneSettings | None = None, progress: bool = True) -> Path:
+    """`make online`: an untrained agent learning online with the store in its replay (RLPD; Q-chunking's
+    RLPD-AC). The agent is built as `make train` builds it (presets, overrides, the store's normalizer),
+    saved as <run>/checkpoints/untrained.pt, and the fine-tuning loop runs from it in the same run
+    directory (`make finetune RESUME=<run>/checkpoints/step_N.pt` resumes it). Returns final.pt."""
+    cfg = cfg.model_copy(update={"run_dir": str(cfg.run_dir or default_run_dir(cfg))})
+    run = build_run(cfg)
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    (run.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+    untrained = run.save("untrained.pt")
+    settings = settings or FinetuneSettings(**ONLINE_DEFAULTS, seed=cfg.seed)
+    return finetune(untrained, settings, run.run_dir, progress)
+
+
 def _plan(agent, noise: float, histories: np.ndarray) -> np.ndarray:
     device = next(agent.parameters()).device
     return agent.act(torch.as_tensor(histories, device=device), explore=noise).cpu().numpy()
+
+
+def _uniform_chunks(agent, noise: float, histories: np.ndarray) -> np.ndarray:
+    """Chunks of actions drawn uniformly in the action bounds, independently per step (the global torch
+    generator, which a checkpoint saves: a resumed run draws the same)."""
+    dims = agent.dims
+    uniform = torch.rand(len(histories), dims.horizon, dims.action_dim) * 2 - 1  # normalized units
+    return agent.normalizer.unnormalize_action(uniform.to(next(agent.parameters()).device)).cpu().numpy()
 
 
 @dataclass
