@@ -20,8 +20,9 @@ TASK    ?= scene-play-singletask-task1-v0
 SEEDS   ?= 0
 BENCH   ?= quick
 JOBS    ?= 1
+LAUNCHER ?= local
 OWN_VARIABLES := PYTHON=% VENV=% TORCH=% LOCK=% DATA=% OUT=% ARGS=% AGENT=% PRESET=% DATASET=% STEPS=% RUN=% RESUME=% \
-	TASK=% SEEDS=% BENCH=% REWARD=% JOBS=% CKPT=% EPISODES=% EXECUTE=% WORKERS=% DEVICE=% CONFIG=% UTD=% ENVS=%
+	TASK=% SEEDS=% BENCH=% REWARD=% JOBS=% LAUNCHER=% CKPT=% EPISODES=% EXECUTE=% WORKERS=% DEVICE=% CONFIG=% UTD=% ENVS=%
 # MAKEOVERRIDES escapes the spaces inside a value (`ARGS="--blocks 3"` is `ARGS=--blocks\ 3`): they are held
 # as ^ while filtering so that such a value stays one word.
 empty :=
@@ -37,7 +38,7 @@ help:
 	@echo "make eval CKPT=... [EPISODES=50] [EXECUTE=k] [WORKERS=2] [ARGS=...]  rollouts in the simulator"
 	@echo "make finetune CKPT=... [STEPS=50000] [UTD=1] [ENVS=1] [ARGS=...]  continue online in the simulator"
 	@echo "make online [AGENT=chunk_sac] [DATASET=...] [STEPS=100000] [UTD=1] [RUN=...] [key=value ...]  an untrained agent online (RLPD)"
-	@echo "make benchmark [TASK=...] [AGENT=a,b] [SEEDS=0,1,2] [JOBS=2] [STEPS=...] [BENCH=quick|paper|qc|qc-cpu] [REWARD=paper|sparse|ogbench]"
+	@echo "make benchmark [TASK=...] [AGENT=a,b] [SEEDS=0,1,2] [JOBS=2] [STEPS=...] [BENCH=quick|paper|qc|qc-cpu] [REWARD=paper|sparse|ogbench] [LAUNCHER=local|ray]"
 	@echo "make test                       fast CPU test suite (what CI runs)"
 	@echo "make test-portability           the same suite under 2 CPU kernel sets x 1 and 2 threads"
 	@echo "make lock                       re-resolve the newest versions into $(LOCK)"
@@ -103,10 +104,11 @@ $(DEFAULT_STORE): | $(STAMP)
 	$(PY) -m offline_chunk dataset ogbench:scene-play-singletask-task2-v0 --out $@
 
 # Train and evaluate AGENT (comma-separated) on TASK for every seed, with the eta = 0 ablation; writes
-# runs/benchmark/<task>/benchmark.md beside the Q-chunking paper's figures.
+# runs/benchmark/<task>/benchmark.md beside the Q-chunking paper's figures. LAUNCHER=ray: the runs as tasks on
+# a Ray cluster (ARGS="--address HEAD:6379"; a local Ray without it), docs/benchmark.md.
 benchmark: $(STAMP)
 	$(PY) -m offline_chunk benchmark --task $(TASK) --agent $(AGENT) --seeds $(SEEDS) --preset $(BENCH) \
-		--jobs $(JOBS) $(if $(STEPS),--steps $(STEPS)) $(if $(REWARD),--reward $(REWARD)) \
+		--jobs $(JOBS) --launcher $(LAUNCHER) $(if $(STEPS),--steps $(STEPS)) $(if $(REWARD),--reward $(REWARD)) \
 		--out runs/benchmark/$(TASK) $(OVERRIDES) $(ARGS)
 
 test: $(STAMP)

@@ -232,3 +232,51 @@ def test_runs_take_the_users_thread_count_else_share_the_cores_they_may_run_on(m
     monkeypatch.setenv("OMP_NUM_THREADS", "two")
     with pytest.raises(BenchmarkError, match="OMP_NUM_THREADS='two'"):
         benchmark.run_threads(1)
+
+
+def test_a_run_bound_to_its_parent_dies_with_it():
+    """die_with_parent (the Ray launcher's runs): the kernel kills the child when its parent is SIGKILLed, as
+    a Ray worker lost mid-run is, so no orphan trains on in the run directory the retried task resumes."""
+    import subprocess
+    import sys
+    import time
+
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, time; from offline_chunk.harness.benchmark import die_with_parent; "
+            "child = subprocess.Popen(['sleep', '60'], preexec_fn=die_with_parent()); "
+            "print(child.pid, flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    child = int(parent.stdout.readline())
+
+    def alive(pid: int) -> bool:  # a zombie, killed and not yet reaped, is not
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+
+    assert alive(child)
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while alive(child) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not alive(child)
+
+
+def test_ray_options_without_the_ray_launcher_are_refused_before_anything_runs(tmp_path):
+    task = "scene-play-singletask-task1-v0"
+    for launcher, options, message in (
+        ("slurm", {}, "unknown launcher 'slurm'"),
+        ("local", {"address": "head:6379"}, "--address and --gpus-per-run place runs on Ray"),
+        ("local", {"gpus_per_run": 0.25}, "--address and --gpus-per-run place runs on Ray"),
+    ):
+        with pytest.raises(BenchmarkError, match=message):
+            benchmark.run_benchmark(task, ["cpql"], 10, [0], "quick", tmp_path, launcher=launcher, **options)
+    assert not any(tmp_path.iterdir())

@@ -11,6 +11,7 @@ for every task (as OGBench and FQL do): see PRESETS.
 from __future__ import annotations
 
 import csv
+import ctypes
 import os
 import re
 import shutil
@@ -18,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -61,6 +63,8 @@ REWARD_NAMES = {
     "sparse": "QC's sparse reward (-1 until every subtask is solved, then 0)",
     "ogbench": "OGBench's reward (minus the subtasks unsolved)",
 }
+# How runs are started: processes on this machine (the default), or tasks on a Ray cluster (sweep_ray.py).
+LAUNCHERS = ("local", "ray")
 
 
 def parse_task(task: str) -> tuple[str, str]:
@@ -329,11 +333,30 @@ def keep_evaluations_until(run_dir: Path, step: int) -> None:
         )
 
 
-def launch(run: PlannedRun, threads: int, quiet: bool) -> subprocess.Popen:
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent() -> Callable[[], None]:
+    """A `preexec_fn` that has the kernel SIGKILL the child when the process that starts it dies (Linux's
+    PR_SET_PDEATHSIG): a Ray worker killed mid-run takes its run with it, so the retried task does not race
+    a live orphan in the same run directory. Checkpoints are written atomically: the run loses at most the
+    updates since its last one. libc is resolved here, in the parent, so the child only makes the call."""
+    prctl, parent = ctypes.CDLL(None, use_errno=True).prctl, os.getpid()
+
+    def set_death_signal() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died before the call: nothing would signal this child
+            os._exit(1)
+
+    return set_death_signal
+
+
+def launch(run: PlannedRun, threads: int, quiet: bool, bound_to_parent: bool = False) -> subprocess.Popen:
     """`python -m offline_chunk train` on the run's resolved config, in its own process with `threads`
     intra-op threads; quiet runs write their output to <run>/train.log instead of the terminal. An
     unfinished earlier attempt with the same configuration resumes exactly from its last checkpoint (runs
-    resume bit-identically); one with another configuration starts over."""
+    resume bit-identically); one with another configuration starts over. `bound_to_parent` (Ray tasks,
+    Linux): the run dies with the process that launched it (die_with_parent)."""
     latest = resumable_checkpoint(run)
     if latest is not None:
         step = int(latest.stem.removeprefix("step_"))
@@ -348,15 +371,12 @@ def launch(run: PlannedRun, threads: int, quiet: bool) -> subprocess.Popen:
         command = [sys.executable, "-m", "offline_chunk", "train", "--config", str(config)]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     # Each run in a session of its own: Ctrl-C reaches the benchmark alone, which passes it on once (run_all)
+    options = {"start_new_session": True, "preexec_fn": die_with_parent() if bound_to_parent else None}
     if not quiet:
-        return subprocess.Popen(command, env=env, start_new_session=True)
+        return subprocess.Popen(command, env=env, **options)
     with open(run.run_dir / "train.log", "a") as log:  # a progress line every 30 s, not every update
         return subprocess.Popen(
-            command,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**env, "TQDM_MININTERVAL": "30"},
-            start_new_session=True,
+            command, stdout=log, stderr=subprocess.STDOUT, env={**env, "TQDM_MININTERVAL": "30"}, **options
         )
 
 
@@ -372,14 +392,27 @@ def run_threads(jobs: int) -> int:
     return max(1, len(os.sched_getaffinity(0)) // jobs)
 
 
-def run_all(runs: list[PlannedRun], jobs: int) -> list[PlannedRun]:
-    """Train the runs that are not complete yet, `jobs` at a time, the cores shared between them; returns
-    the runs that failed."""
+def runs_to_train(runs: list[PlannedRun]) -> list[PlannedRun]:
+    """The runs not complete yet, in order; the complete ones are named as reused. Refuses to replace a
+    finished run of another configuration (refuse_to_replace_finished_runs)."""
     refuse_to_replace_finished_runs(runs)
     pending = [run for run in runs if not run.is_complete()]
     for run in runs:
         if run not in pending:
             print(f"reusing      {run.run_dir} (complete, same config)")
+    return pending
+
+
+def report_end(run: PlannedRun, failure: str | None) -> None:
+    """The line for a run that ended: done, or FAILED with why (an exit status, a lost worker)."""
+    status = "done" if failure is None else f"FAILED ({failure})"
+    print(f"{status:<12} {run.label} seed {run.seed} ({run.run_dir})")
+
+
+def run_all(runs: list[PlannedRun], jobs: int) -> list[PlannedRun]:
+    """Train the runs that are not complete yet, `jobs` at a time, the cores shared between them; returns
+    the runs that failed."""
+    pending = runs_to_train(runs)
     threads = run_threads(jobs)
     active: dict[subprocess.Popen, PlannedRun] = {}
     failed = []
@@ -394,8 +427,7 @@ def run_all(runs: list[PlannedRun], jobs: int) -> list[PlannedRun]:
                     time.sleep(1.0)
                 for process in [p for p in active if p.poll() is not None]:
                     run = active.pop(process)
-                    status = "done" if process.returncode == 0 else f"FAILED (exit {process.returncode})"
-                    print(f"{status:<12} {run.label} seed {run.seed} ({run.run_dir})")
+                    report_end(run, None if process.returncode == 0 else f"exit {process.returncode}")
                     if process.returncode != 0:
                         failed.append(run)
                 if stop.requested:
@@ -428,15 +460,29 @@ def run_benchmark(
     jobs: int = 1,
     ablation: bool = True,
     reward: str | None = None,
+    launcher: str = "local",
+    address: str | None = None,
+    gpus_per_run: float = 0.0,
 ) -> Path:
     """Train and evaluate every (agent, seed) and its BC-only ablation, `jobs` runs at a time, reusing runs
     that completed earlier with the same configuration; write benchmark.md and .csv from the runs that
-    finished (a failed run is named in the error raised after the report, its log kept)."""
+    finished (a failed run is named in the error raised after the report, its log kept). `launcher`:
+    `local` processes (run_all), or `ray` tasks on the cluster at `address` (a local Ray when None), each
+    with `gpus_per_run` of a GPU (sweep_ray.run_all_on_ray). The store is generated once, here."""
+    if launcher not in LAUNCHERS:
+        raise BenchmarkError(f"unknown launcher {launcher!r}; choose one of {LAUNCHERS}")
+    if launcher != "ray" and (address or gpus_per_run):
+        raise BenchmarkError("--address and --gpus-per-run place runs on Ray: add --launcher ray")
     reference_task = parse_task(task)[0]
     reward = training_reward(task, preset, reward)
     store = ensure_store(task, PRESETS[preset]["episodes"], reward)
     runs = plan_runs(store, agents, steps, seeds, preset, out_dir, overrides, ablation)
-    failed = run_all(runs, jobs)
+    if launcher == "ray":
+        from offline_chunk.harness.sweep_ray import run_all_on_ray
+
+        failed = run_all_on_ray(runs, jobs, address, gpus_per_run)
+    else:
+        failed = run_all(runs, jobs)
     finished = [run for run in runs if run not in failed]
     evaluations = [e for run in finished for e in read_evaluations(run.run_dir, run.label, run.seed)]
     evaluations += [
@@ -445,7 +491,8 @@ def run_benchmark(
     settings = f"{reward_line(task, reward)}\n\n{run_settings(finished)}"
     report = write_report(summarize(evaluations), reference_task, task, out_dir, settings)
     if failed:
-        where = [str(run.run_dir / "train.log" if jobs > 1 else run.run_dir) for run in failed]
+        logged = jobs > 1 or launcher == "ray"  # quiet runs: their output is in train.log
+        where = [str(run.run_dir / "train.log" if logged else run.run_dir) for run in failed]
         raise BenchmarkError(
             f"{len(failed)} of {len(runs)} runs failed (see {', '.join(where)}); the report has the others"
         )

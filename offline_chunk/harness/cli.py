@@ -15,7 +15,7 @@ import numpy as np
 
 from offline_chunk.agents import AGENTS
 from offline_chunk.errors import BenchmarkError, CheckpointError, ConfigError, DataError, DivergenceError
-from offline_chunk.harness.benchmark import PRESETS, REWARDS
+from offline_chunk.harness.benchmark import LAUNCHERS, PRESETS, REWARDS
 from offline_chunk.stopping import RunStopped
 
 DEFAULT_HORIZON = 5  # the Q-chunking paper's chunk length, used for the summary's chunk count
@@ -149,6 +149,9 @@ def cmd_benchmark(args) -> None:
         args.jobs,
         args.ablation,
         args.reward,
+        args.launcher,
+        args.address,
+        args.gpus_per_run,
     )
 
 
@@ -295,6 +298,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--out", default="runs/benchmark")
     bench.add_argument("--jobs", type=int, default=1, help="runs trained at once (the cores are shared)")
+    bench.add_argument(
+        "--launcher", default="local", choices=LAUNCHERS, help="local processes, or tasks on a Ray cluster"
+    )
+    bench.add_argument(
+        "--address", help="with --launcher ray: the cluster's HOST:PORT (default: a local Ray)"
+    )
+    bench.add_argument(
+        "--gpus-per-run", type=float, default=0.0, help="with --launcher ray: a GPU share per run, e.g. 0.25"
+    )
     bench.add_argument(
         "--ablation", action=argparse.BooleanOptionalAction, default=True, help="the BC-only runs"
     )
