@@ -1,5 +1,6 @@
 """Benchmark tables: task naming, the paper's reference figures, seed means and the headline."""
 
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
@@ -270,13 +271,16 @@ def test_a_run_bound_to_its_parent_dies_with_it():
     assert not alive(child)
 
 
-def test_ray_options_without_the_ray_launcher_are_refused_before_anything_runs(tmp_path):
-    task = "scene-play-singletask-task1-v0"
-    for launcher, options, message in (
-        ("slurm", {}, "unknown launcher 'slurm'"),
-        ("local", {"address": "head:6379"}, "--address and --gpus-per-run place runs on Ray"),
-        ("local", {"gpus_per_run": 0.25}, "--address and --gpus-per-run place runs on Ray"),
+def test_ray_options_without_the_ray_launcher_are_refused_before_anything_runs(tmp_path, capsys):
+    from offline_chunk.harness.cli import main
+
+    out = ["benchmark", "--task", "scene-play-singletask-task1-v0", "--out", str(tmp_path / "b")]
+    for options, message in (
+        (["--launcher", "slurm"], "invalid choice: 'slurm'"),
+        (["--address", "head:6379"], "--address and --gpus-per-run place runs on Ray: add --launcher ray"),
+        (["--gpus-per-run", "0.25"], "--address and --gpus-per-run place runs on Ray: add --launcher ray"),
     ):
-        with pytest.raises(BenchmarkError, match=message):
-            benchmark.run_benchmark(task, ["cpql"], 10, [0], "quick", tmp_path, launcher=launcher, **options)
+        with pytest.raises(SystemExit) if options[0] == "--launcher" else nullcontext():
+            assert main([*out, *options]) == 2
+        assert message in capsys.readouterr().err
     assert not any(tmp_path.iterdir())

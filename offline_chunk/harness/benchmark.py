@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -63,8 +64,6 @@ REWARD_NAMES = {
     "sparse": "QC's sparse reward (-1 until every subtask is solved, then 0)",
     "ogbench": "OGBench's reward (minus the subtasks unsolved)",
 }
-# How runs are started: processes on this machine (the default), or tasks on a Ray cluster (sweep_ray.py).
-LAUNCHERS = ("local", "ray")
 
 
 def parse_task(task: str) -> tuple[str, str]:
@@ -460,29 +459,19 @@ def run_benchmark(
     jobs: int = 1,
     ablation: bool = True,
     reward: str | None = None,
-    launcher: str = "local",
-    address: str | None = None,
-    gpus_per_run: float = 0.0,
+    train_runs: Callable[[list[PlannedRun]], list[PlannedRun]] | None = None,
 ) -> Path:
-    """Train and evaluate every (agent, seed) and its BC-only ablation, `jobs` runs at a time, reusing runs
-    that completed earlier with the same configuration; write benchmark.md and .csv from the runs that
-    finished (a failed run is named in the error raised after the report, its log kept). `launcher`:
-    `local` processes (run_all), or `ray` tasks on the cluster at `address` (a local Ray when None), each
-    with `gpus_per_run` of a GPU (sweep_ray.run_all_on_ray). The store is generated once, here."""
-    if launcher not in LAUNCHERS:
-        raise BenchmarkError(f"unknown launcher {launcher!r}; choose one of {LAUNCHERS}")
-    if launcher != "ray" and (address or gpus_per_run):
-        raise BenchmarkError("--address and --gpus-per-run place runs on Ray: add --launcher ray")
+    """Train and evaluate every (agent, seed) and its BC-only ablation, reusing runs that completed earlier
+    with the same configuration; write benchmark.md and .csv from the runs that finished (a failed run is
+    named in the error raised after the report, its log kept). `train_runs` trains the planned runs and
+    returns those that failed: local processes, `jobs` at a time (run_all, the default), or Ray tasks
+    (sweep_ray.run_all_on_ray, which the command line passes for `--launcher ray`). The store is generated
+    once, here."""
     reference_task = parse_task(task)[0]
     reward = training_reward(task, preset, reward)
     store = ensure_store(task, PRESETS[preset]["episodes"], reward)
     runs = plan_runs(store, agents, steps, seeds, preset, out_dir, overrides, ablation)
-    if launcher == "ray":
-        from offline_chunk.harness.sweep_ray import run_all_on_ray
-
-        failed = run_all_on_ray(runs, jobs, address, gpus_per_run)
-    else:
-        failed = run_all(runs, jobs)
+    failed = (train_runs or partial(run_all, jobs=jobs))(runs)
     finished = [run for run in runs if run not in failed]
     evaluations = [e for run in finished for e in read_evaluations(run.run_dir, run.label, run.seed)]
     evaluations += [
@@ -491,8 +480,8 @@ def run_benchmark(
     settings = f"{reward_line(task, reward)}\n\n{run_settings(finished)}"
     report = write_report(summarize(evaluations), reference_task, task, out_dir, settings)
     if failed:
-        logged = jobs > 1 or launcher == "ray"  # quiet runs: their output is in train.log
-        where = [str(run.run_dir / "train.log" if logged else run.run_dir) for run in failed]
+        logs = [run.run_dir / "train.log" for run in failed]  # a quiet run's output
+        where = [str(log if log.exists() else log.parent) for log in logs]
         raise BenchmarkError(
             f"{len(failed)} of {len(runs)} runs failed (see {', '.join(where)}); the report has the others"
         )

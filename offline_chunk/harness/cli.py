@@ -9,13 +9,14 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from offline_chunk.agents import AGENTS
 from offline_chunk.errors import BenchmarkError, CheckpointError, ConfigError, DataError, DivergenceError
-from offline_chunk.harness.benchmark import LAUNCHERS, PRESETS, REWARDS
+from offline_chunk.harness.benchmark import PRESETS, REWARDS
 from offline_chunk.stopping import RunStopped
 
 DEFAULT_HORIZON = 5  # the Q-chunking paper's chunk length, used for the summary's chunk count
@@ -135,6 +136,23 @@ def cmd_online(args) -> None:
     train_online(cfg, settings, progress=not args.no_progress)
 
 
+# How a benchmark's runs are started: processes on this machine (the default), or tasks on a Ray cluster.
+LAUNCHERS = ("local", "ray")
+
+
+def benchmark_runner(args):
+    """The function that trains a benchmark's planned runs (returning the failed ones), for `--launcher`."""
+    from offline_chunk.harness.benchmark import run_all
+
+    if args.launcher == "ray":
+        from offline_chunk.harness.sweep_ray import run_all_on_ray
+
+        return partial(run_all_on_ray, jobs=args.jobs, address=args.address, gpus_per_run=args.gpus_per_run)
+    if args.address or args.gpus_per_run:
+        raise BenchmarkError("--address and --gpus-per-run place runs on Ray: add --launcher ray")
+    return partial(run_all, jobs=args.jobs)
+
+
 def cmd_benchmark(args) -> None:
     from offline_chunk.harness.benchmark import run_benchmark
 
@@ -149,9 +167,7 @@ def cmd_benchmark(args) -> None:
         args.jobs,
         args.ablation,
         args.reward,
-        args.launcher,
-        args.address,
-        args.gpus_per_run,
+        benchmark_runner(args),
     )
 
 
