@@ -1,7 +1,10 @@
-"""Agents: one file per agent with its typed `Config`; shared critic and target machinery in base.py and
-targets.py. AGENTS is the one registry (the command line, the presets and the benchmark read it)."""
+"""Agents: one file per agent with its typed `Config` and its update (critic loss and target, actor loss,
+target updates); the machinery they share in base.py, the pieces of the candidate-sampling agents (dql,
+cpql, qc) in candidates.py, pure target and loss functions in targets.py and losses.py. AGENTS is the one
+registry (the command line, the presets and the benchmark read it)."""
 
-from offline_chunk.agents.base import AgentConfig, ChunkAgent, DiffusionChunkAgent, Dims
+from offline_chunk.agents.base import AgentConfig, ChunkAgent, Dims
+from offline_chunk.agents.candidates import CandidateChunkAgent
 from offline_chunk.agents.chunk_sac import ChunkSACAgent
 from offline_chunk.agents.cpql import CPQLAgent
 from offline_chunk.agents.dql import DiffusionDoubleQAgent
@@ -22,9 +25,9 @@ __all__ = [
     "AGENTS",
     "AgentConfig",
     "CPQLAgent",
+    "CandidateChunkAgent",
     "ChunkAgent",
     "ChunkSACAgent",
-    "DiffusionChunkAgent",
     "DiffusionDoubleQAgent",
     "Dims",
     "QCAgent",

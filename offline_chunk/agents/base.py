@@ -1,12 +1,16 @@
-"""Actor-critic machinery shared by the chunk agents: critic ensemble and targets, the chunk Bellman
-update, Polyak updates, acting and Q queries (`ChunkAgent`); and the layer of the diffusion-family agents:
-EMA actor, backups over sampled candidate chunks, the normalised Q term, acting by Q over candidates
-(`DiffusionChunkAgent`).
+"""The machinery every chunk agent shares (`ChunkAgent`): building the actor, the critic ensemble and its
+targets, their optimizers and learning-rate schedules; normalising a batch (and encoding its frames); a
+clipped gradient step; compilation and autocast of the losses; acting, Q queries and checkpoint state.
 
-An agent states its critic target's next-state value (`next_state_value`), its actor loss (`actor_loss`)
-and how it picks a chunk to act (`choose_chunk`), so it reads like its paper's update rule. Everything in
-`update` stays on the device: no `.item()`, no branching on tensor values; metrics come back as 0-d
-tensors for the training loop to read at its log interval.
+What an agent learns is in its own file (dql.py, cpql.py, qc.py, chunk_sac.py, td3bc.py): its critic loss
+with the target's next-state value (`critic_objective`, `next_state_value`), its actor loss
+(`actor_objective`), its target and EMA updates (`update_targets`) and how it picks a chunk to act
+(`choose_chunk`). `update` below is the order they run in, the same for every agent:
+
+    critic step on critic_objective  ->  actor step on actor_objective  ->  update_targets, LR schedules
+
+Everything in `update` stays on the device: no `.item()`, no branching on tensor values; metrics come back
+as 0-d tensors for the training loop to read at its log interval.
 """
 
 from __future__ import annotations
@@ -22,19 +26,6 @@ from einops import rearrange
 from pydantic import Field
 from torch import nn
 
-from offline_chunk.agents.targets import (
-    Backup,
-    LowerBound,
-    QAggregation,
-    aggregate,
-    backup_value,
-    best_candidate,
-    candidates_for,
-    chunk_target,
-    critic_loss,
-    lerp_parameters_,
-    lower_bounded,
-)
 from offline_chunk.compute import CompiledWithFallback, autocast_context, compile_enabled
 from offline_chunk.data.normalize import Normalizer
 from offline_chunk.nets.critic import ChunkCriticEnsemble, CriticConfig
@@ -119,8 +110,8 @@ class Dims:
 class ChunkAgent(nn.Module):
     """A chunk actor (`cfg.policy`) with an ensemble of chunk critics and their Polyak targets.
 
-    Subclasses name their `Config` and provide `next_state_value`, `actor_loss` and `choose_chunk`.
-    `cfg` is that Config, or a dict of its fields (validated)."""
+    Each agent names its `Config` and states `critic_objective`, `actor_objective`, `update_targets` and
+    `choose_chunk`. `cfg` is that Config, or a dict of its fields (validated)."""
 
     Config: type[AgentConfig] = AgentConfig
     acts_by_candidates = False  # acting samples `act.candidates` chunks and picks one by Q
@@ -161,7 +152,9 @@ class ChunkAgent(nn.Module):
             for opt in self.scheduled
         ]
         self.num_updates = 0
-        self.autocast = autocast_context(torch.device("cpu"), "fp32")
+        self.autocast = autocast_context(torch.device("cpu"), "fp32")  # a no-op until `configure_compute`
+        self.compiles = False  # whether `compiled` compiles the losses (`configure_compute`)
+        self.compiled_losses: dict[str, CompiledWithFallback] = {}
 
     def own_trunks(self, net: nn.Module, wrapper: type[TrunkedPolicy | TrunkedCritic]) -> nn.Module:
         """`net` behind camera trunks of its own where the encoder leaves them to each network (`drq`:
@@ -171,20 +164,29 @@ class ChunkAgent(nn.Module):
         return net if trunks is None else wrapper(net, trunks)
 
     def configure_compute(self, compile: str | bool = "auto", precision: str = "fp32") -> ChunkAgent:
-        """Compile the loss computations and/or autocast the network passes (compute.py) on the device the
-        agent is on now; what an update computes is unchanged up to floating-point rounding."""
+        """Compile the losses (`compiled`) and/or autocast the network passes in them (`self.autocast`, which
+        each agent's losses enter) on the device the agent is on now (compute.py); what an update computes
+        is unchanged up to floating-point rounding."""
         device = next(self.parameters()).device
         self.autocast = autocast_context(device, precision)
-        if compile_enabled(compile, device):
-            self.critic_objective = CompiledWithFallback(self.critic_objective)
-            self.actor_objective = CompiledWithFallback(self.actor_objective)
+        self.compiles, self.compiled_losses = compile_enabled(compile, device), {}
         return self
+
+    def compiled(self, loss):
+        """The loss function to call: `loss` itself, or, where `configure_compute` asked for compilation, its
+        torch.compile'd version (one per loss, made at its first call; eager again if compiling fails)."""
+        if not self.compiles:
+            return loss
+        name = loss.__name__
+        if name not in self.compiled_losses:
+            self.compiled_losses[name] = CompiledWithFallback(loss)
+        return self.compiled_losses[name]
 
     # ------------------------------------------------------------------ the update
 
     def update(self, batch: dict) -> dict[str, torch.Tensor]:
-        """One gradient step of critic and actor on a batch in environment units. Its three phases are
-        separate methods so that `make bench` can time each."""
+        """One gradient step of critic and actor on a batch in environment units, then the target updates.
+        Its three phases are separate methods so that `make bench` can time each."""
         obs, actions, next_obs = self.normalized(batch)
         metrics = self.update_critic(obs, actions, next_obs, batch)
         metrics.update(self.update_actor(obs, actions, batch["action_mask"]))
@@ -223,58 +225,32 @@ class ChunkAgent(nn.Module):
             "lr/critic": self.schedulers[1].get_last_lr()[0],
         }
 
-    def next_state_value(self, next_obs: torch.Tensor, batch: dict) -> torch.Tensor:
-        """V(s_{t+τ}) (B,) for the chunk Bellman target (no gradient)."""
-        raise NotImplementedError
-
-    def policy_chunk_value(self, next_obs: torch.Tensor, next_chunk: torch.Tensor) -> torch.Tensor:
-        """The target critics' backup (`min` or `mean` over the ensemble) of one next chunk per state."""
-        return backup_value(
-            self.cfg.backup, self.critic_target(next_obs, self.critic_view(next_chunk)[:, None])
-        )
-
     def critic_view(self, chunk: torch.Tensor) -> torch.Tensor:
         """The part of a (..., H, A) chunk the critics score: all of it (an agent may score a prefix)."""
         return chunk
 
     def update_critic(self, obs, actions, next_obs, batch) -> dict[str, torch.Tensor]:
-        loss, metrics = self.critic_objective(obs, actions, next_obs, batch)
+        """The critic step on the agent's `critic_objective` (compiled where asked), which also trains the
+        camera encoder."""
+        loss, metrics = self.compiled(self.critic_objective)(obs, actions, next_obs, batch)
         encoder = None if self.encoder is None else (self.encoder_opt, self.encoder)  # trained by this loss
         return {**metrics, "critic/grad_norm": self._step(self.critic_opt, self.critic, loss, also=encoder)}
 
-    def critic_objective(self, obs, actions, next_obs, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The critic loss against the chunk Bellman target, and its metrics (what `compile` compiles)."""
-        with self.autocast():
-            next_value = self.next_state_value(next_obs, batch).float()
-            q = self.critic(obs, self.critic_view(actions)).float()  # (K, B)
-        bellman = chunk_target(batch, next_value)
-        target = lower_bounded(bellman, batch, self.cfg.target_lower_bound)
-        loss = critic_loss(q, target)
-        return loss, {
-            "critic/loss": loss.detach(),
-            "critic/q_mean": q.detach().mean(),
-            "critic/q_min": q.detach().min(),
-            "critic/q_max": q.detach().max(),
-            "critic/q_abs_max": q.detach().abs().max(),
-            "critic/target_q": target.mean(),
-            "critic/chunk_reward": batch["cumulative_reward"].mean(),  # R^(τ): the n-step return, n = τ
-            "critic/target_raised": (target > bellman).float().mean(),  # share lifted by the lower bound
-        }
-
     def update_actor(self, obs, actions, action_mask) -> dict[str, torch.Tensor]:
-        """The actor step. It reads the observation rows detached: the camera encoder is the critic's to
-        train (ImageEncoder, DrQ-v2's routing); the actor's own trunks (`drq`) are trained here."""
-        loss, terms = self.actor_objective(obs.detach(), actions, action_mask)
+        """The actor step on the agent's `actor_objective` (compiled where asked). It reads the observation
+        rows detached: the camera encoder is the critic's to train (ImageEncoder, DrQ-v2's routing); the
+        actor's own trunks (`drq`) are trained here."""
+        loss, terms = self.compiled(self.actor_objective)(obs.detach(), actions, action_mask)
         grad_norm = self._step(self.actor_opt, self.actor, loss)
         return {"actor/loss": loss.detach(), "actor/grad_norm": grad_norm, **terms}
 
-    def actor_objective(self, obs, actions, action_mask) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """`actor_loss` in float32 under the configured autocast (what `compile` compiles)."""
-        with self.autocast():
-            loss, terms = self.actor_loss(obs, actions, action_mask)
-        return loss.float(), {key: value.float() for key, value in terms.items()}
+    def critic_objective(self, obs, actions, next_obs, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The critics' loss (float32) and its metrics, from normalized (obs, actions, next_obs) and the
+        batch's rewards, discounts and dones: each agent's file states it."""
+        raise NotImplementedError
 
-    def actor_loss(self, obs, actions, action_mask) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def actor_objective(self, obs, actions, action_mask) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The actor's loss (float32) and its metrics: each agent's file states it."""
         raise NotImplementedError
 
     def _step(self, optimizer, module: nn.Module, loss: torch.Tensor, also=None) -> torch.Tensor:
@@ -293,10 +269,9 @@ class ChunkAgent(nn.Module):
         return grad_norm.detach()
 
     def update_targets(self) -> None:
-        """Polyak critic targets on their schedule (counted in updates, on the host)."""
-        cfg, step = self.cfg, self.num_updates
-        if step >= cfg.target_start and step % cfg.target_every == 0:
-            lerp_parameters_(self.critic_target, self.critic, cfg.tau)
+        """The target networks' moves after update `num_updates` (counted on the host): each agent's file
+        states them."""
+        raise NotImplementedError
 
     # ------------------------------------------------------------------ using a trained agent
 
@@ -388,136 +363,3 @@ class ChunkAgent(nn.Module):
         for scheduler, scheduler_state in zip(self.schedulers, state["schedulers"], strict=True):
             scheduler.load_state_dict(scheduler_state)
         self.num_updates = int(state["num_updates"])
-
-
-class CandidateActConfig(Section):
-    """Acting by Q over sampled candidate chunks (Diffusion-QL's and CPQL's sample_action; Q-chunking's
-    best of N with `select: argmax`)."""
-
-    actor: WhichActor = "online"
-    """the actor that samples the candidates; official sample_action: the online actor"""
-    candidates: int = Field(50, ge=1)
-    """chunks sampled per state; official: 50, scored by the target critics' min"""
-    select: Literal["softmax", "argmax"] = "softmax"
-    """softmax: sample by softmax(Q) (official) | argmax: the best (Q-chunking's best of N)"""
-    critic: Literal["target", "online"] = "target"
-    """which critics score the candidates"""
-    q_agg: QAggregation = "min"
-    """over the ensemble"""
-
-
-class DiffusionAgentConfig(TargetSchedule, AgentConfig):
-    """Diffusion-QL and CPQL: a diffusion-family actor, backups over sampled candidates, the Q term."""
-
-    backup: Backup = "min"
-    """the critic target's value of s' (targets.py); official: min over the 2 critics (max_of_n with 10
-    candidates on AntMaze)"""
-    backup_candidates: int = Field(10, ge=1)
-    """N next chunks for max_of_n and best_of_n"""
-    q_agg: QAggregation = "min"
-    """best_of_n: ensemble aggregation choosing and valuing (QC: mean)"""
-    target_lower_bound: LowerBound = "none"
-    """monte_carlo: y = max(y, recorded return from t) (MCAC, Wilcox et al. 2022)"""
-    target_actor: WhichActor = "online"
-    """the actor that samples the critic target's next chunks"""
-    bc_weight: float = 1.0
-    """actor loss = bc_weight · L_bc + eta · L_q"""
-    eta: float = Field(1.0, ge=0)
-    """the Q term's weight (0: the behaviour-cloning generator alone, Q-chunking's QC)"""
-    grad_norm: float = Field(1.0, gt=0)
-    """gradient clipping norm (.inf: none); official default 1.0 (per-task table 1-10)"""
-    ema_decay: float = Field(0.995, ge=0, le=1)
-    """actor EMA: decay 0.995 every 5 updates, from update 1000"""
-    ema_every: int = Field(5, ge=1)
-    ema_start: int = Field(1000, ge=0)
-    act: CandidateActConfig = CandidateActConfig()
-
-
-class DiffusionChunkAgent(ChunkAgent):
-    """A diffusion-family actor (sample_candidates, bc_loss) with its EMA copy: backups over sampled
-    candidate chunks, the actor loss L_bc + η · (the normalised Q term of Diffusion-QL and CPQL), acting by
-    Q over candidates."""
-
-    acts_by_candidates = True
-
-    def __init__(
-        self, dims: Dims, cfg: DiffusionAgentConfig | dict, normalizer: Normalizer, total_steps: int
-    ):
-        super().__init__(dims, cfg, normalizer, total_steps)
-        self.actor_ema = copy.deepcopy(self.actor).requires_grad_(False)
-
-    @torch.no_grad()
-    def next_state_value(self, next_obs: torch.Tensor, batch: dict) -> torch.Tensor:
-        """The backup V(s_{t+τ}) over candidate next chunks (targets.py)."""
-        backup = self.cfg.backup
-        n = candidates_for(backup, self.cfg.backup_candidates)
-        if n == 0:  # sarsa: the data's own next chunk
-            next_chunks = self.normalizer.action(batch["next_actions"])[:, None]
-        else:
-            policy = self.actor_ema if self.cfg.target_actor == "ema" else self.actor
-            next_chunks = policy.sample_candidates(next_obs, n)
-        target_q = self.critic_target(next_obs, next_chunks)  # (K, B, N)
-        online_q = self.critic(next_obs, next_chunks) if backup == "best_of_n" else None
-        return backup_value(backup, target_q, online_q, self.cfg.q_agg)
-
-    def actor_loss(self, obs, actions, action_mask):
-        """bc_weight · L_bc + η · L_q, L_q of a chunk sampled through the whole generator with gradients
-        (Diffusion-QL, CPQL and QC alike; each agent's file states its L_bc)."""
-        bc_loss = self.bc_loss(obs, actions, action_mask)
-        q_loss = self.actor_q_loss(obs, lambda: self.actor.sample(obs, keep_graph=True))
-        return self.weighted_actor_loss(bc_loss, q_loss)
-
-    def bc_loss(self, obs, actions, action_mask) -> torch.Tensor:
-        """The batch's mean behaviour-cloning loss: the generator's own (`bc_loss`)."""
-        return self.actor.bc_loss(obs, actions, action_mask).mean()
-
-    def actor_q_loss(self, obs: torch.Tensor, sample) -> torch.Tensor:
-        """The normalised Q term of a chunk the actor samples with gradients (`sample()`), or 0 with η = 0:
-        the behaviour-cloning generator alone (Q-chunking's QC) needs no sample."""
-        if self.cfg.eta == 0:
-            return torch.zeros((), device=obs.device)
-        return self.normalized_q_loss(obs, sample())
-
-    def weighted_actor_loss(self, bc_loss: torch.Tensor, q_loss: torch.Tensor):
-        """bc_weight · L_bc + eta · L_q, with each term as a metric. With eta = 0 the loss is the BC term
-        alone: torch 2.13's inductor returned `x + 0` without its gradient when `x.detach()` was returned
-        beside it (a CPU compile of the QC recipe failed in backward)."""
-        bc_term, q_term = self.cfg.bc_weight * bc_loss, self.cfg.eta * q_loss
-        loss = bc_term if self.cfg.eta == 0 else bc_term + q_term
-        return loss, {
-            "actor/bc_loss": bc_loss.detach(),
-            "actor/q_loss": q_loss.detach(),
-            "actor/bc_term": bc_term.detach(),
-            "actor/q_term": q_term.detach(),
-        }
-
-    def normalized_q_loss(self, obs: torch.Tensor, chunk: torch.Tensor) -> torch.Tensor:
-        """−Q_k(s, â) / mean|Q_j(s, â)| with k drawn at random and j the next member, the normaliser detached
-        (Diffusion-QL and CPQL official code). Indexing by device tensors: no host synchronisation. Gradients
-        reach the chunk only: the critics' weights are not the actor's to change."""
-        q = self.critic(obs, chunk, detach_params=True)  # (K, B)
-        k = torch.randint(q.shape[0], (1,), device=q.device)
-        other = (k + 1) % q.shape[0]
-        return -q.index_select(0, k).mean() / q.index_select(0, other).abs().mean().detach()
-
-    def update_targets(self) -> None:
-        """Polyak critic targets and the EMA actor on their schedules (counted in updates, on the host)."""
-        super().update_targets()
-        cfg, step = self.cfg, self.num_updates
-        if step >= cfg.ema_start and step % cfg.ema_every == 0:
-            lerp_parameters_(self.actor_ema, self.actor, 1.0 - cfg.ema_decay)
-
-    def choose_chunk(self, obs: torch.Tensor) -> torch.Tensor:
-        """N candidate chunks are sampled and one is chosen by Q: `act.critic` (online or target critics),
-        `act.q_agg` over the ensemble (min or mean), and the argmax (best of N, as Q-chunking) or a softmax
-        sample (Diffusion-QL, CPQL)."""
-        act = self.cfg.act
-        policy = self.actor_ema if act.actor == "ema" else self.actor
-        candidates = policy.sample_candidates(obs, act.candidates)  # (B, N, H, A)
-        critic = self.critic if act.critic == "online" else self.critic_target
-        q = critic(obs, candidates)  # (K, B, N)
-        if act.select == "argmax":
-            choice = best_candidate(q, act.q_agg)
-        else:
-            choice = torch.multinomial(torch.softmax(aggregate(q, act.q_agg), dim=-1), 1).squeeze(-1)
-        return candidates[torch.arange(len(choice), device=choice.device), choice]

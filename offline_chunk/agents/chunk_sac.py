@@ -15,6 +15,11 @@ actor    L = sac_weight · E[α log π(a | s) − Q̂(s, a)] + bc_weight · L_bc
          L_bc = ‖tanh(μ(s)) − a_data‖², the chunk of means against the recorded chunk (padding masked).
 alpha    J(α) = −log α · (log π(a | s) + H_target), log π detached: the log α form of SAC v2's
          temperature loss; H_target = −A · scale(H), scale = H (linear), √H (sqrt) or 1 (none).
+targets  Polyak τ = 0.005 every update
+
+Each update (ChunkAgent.update) takes a critic step on `critic_objective`, an actor step on
+`actor_objective` (both through torch.compile with `compile`) followed by the temperature step
+(`update_actor`), and then `update_targets`, all below.
 
 `conservative` and `temporal_weighted` score a_t for t > 1 against the current state s, although a_t is
 executed at a later state: Q(s, a_t) is not the value of a_t. This is a heuristic of this project's
@@ -38,6 +43,8 @@ from offline_chunk.agents.base import (
     TargetSchedule,
     adam,
 )
+from offline_chunk.agents.losses import float32
+from offline_chunk.agents.targets import backup_value, bellman_loss, lerp_parameters_, on_schedule
 from offline_chunk.data.normalize import Normalizer
 from offline_chunk.policies import GaussianTransformerConfig
 from offline_chunk.policies.base import per_sample_mean
@@ -112,9 +119,18 @@ class ChunkSACAgent(ChunkAgent):
 
     @torch.no_grad()
     def next_state_value(self, next_obs: torch.Tensor, batch: dict) -> torch.Tensor:
-        """Soft value V(s′) = backup_k Q_k^targ(s′, a′) − α log π(a′ | s′), a′ ~ π(· | s′)."""
+        """Soft value V(s′) = backup_k Q_k^targ(s′, a′) − α log π(a′ | s′), a′ ~ π(· | s′): `backup` min or
+        mean over the ensemble of the one sampled chunk (targets.py)."""
         next_chunk, log_prob, _ = self.actor(next_obs)
-        return self.policy_chunk_value(next_obs, next_chunk) - self.alpha() * log_prob
+        target_q = self.critic_target(next_obs, self.critic_view(next_chunk)[:, None])  # (K, B, 1)
+        return backup_value(self.cfg.backup, target_q) - self.alpha() * log_prob
+
+    def critic_objective(self, obs, actions, next_obs, batch):
+        """Σ_k mean [Q_k(s, a) − y]², y = R^(τ) + (1 − d) γ^τ V(s′) with the soft value above."""
+        with self.autocast():
+            next_value = self.next_state_value(next_obs, batch).float()
+            q = self.critic(obs, self.critic_view(actions)).float()  # (K, B)
+        return bellman_loss(q, next_value, batch, self.cfg.target_lower_bound)
 
     # ------------------------------------------------------------------ actor and temperature
 
@@ -129,23 +145,29 @@ class ChunkSACAgent(ChunkAgent):
         q_steps = self.critic(obs, steps[:, :, None, :], detach_params=True).min(dim=0).values  # (B, H)
         return score_steps(q_steps, strategy, self.cfg.temporal_decay)
 
-    def actor_loss(self, obs, actions, action_mask):
-        chunk, log_prob, mean_chunk = self.actor(obs)
-        q = self.policy_value(obs, chunk)
-        sac_loss = (self.alpha() * log_prob - q).mean()
-        bc_loss = per_sample_mean((mean_chunk - actions).pow(2), action_mask).mean()
-        sac_term, bc_term = self.cfg.sac_weight * sac_loss, self.cfg.bc_weight * bc_loss
-        return sac_term + bc_term, {
-            "actor/sac_loss": sac_loss.detach(),
-            "actor/bc_loss": bc_loss.detach(),
-            "actor/sac_term": sac_term.detach(),
-            "actor/bc_term": bc_term.detach(),
-            "actor/q": q.detach().mean(),
-            "q_chunking/joint_log_prob": log_prob.detach().mean(),
-            "q_chunking/chunk_size": torch.full((), float(actions.shape[1]), device=obs.device),
-        }
+    def actor_objective(self, obs, actions, action_mask):
+        """sac_weight · E[α log π(a | s) − Q̂(s, a)] + bc_weight · L_bc, a ~ π(· | s) reparameterised."""
+        with self.autocast():
+            chunk, log_prob, mean_chunk = self.actor(obs)
+            q = self.policy_value(obs, chunk)
+            sac_loss = (self.alpha() * log_prob - q).mean()
+            bc_loss = per_sample_mean((mean_chunk - actions).pow(2), action_mask).mean()
+            sac_term, bc_term = self.cfg.sac_weight * sac_loss, self.cfg.bc_weight * bc_loss
+            return float32(
+                sac_term + bc_term,
+                {
+                    "actor/sac_loss": sac_loss.detach(),
+                    "actor/bc_loss": bc_loss.detach(),
+                    "actor/sac_term": sac_term.detach(),
+                    "actor/bc_term": bc_term.detach(),
+                    "actor/q": q.detach().mean(),
+                    "q_chunking/joint_log_prob": log_prob.detach().mean(),
+                    "q_chunking/chunk_size": torch.full((), float(actions.shape[1]), device=obs.device),
+                },
+            )
 
     def update_actor(self, obs, actions, action_mask) -> dict[str, torch.Tensor]:
+        """The actor step (ChunkAgent.update_actor), then the temperature's."""
         metrics = super().update_actor(obs, actions, action_mask)
         return {**metrics, **self.update_temperature(metrics["q_chunking/joint_log_prob"])}
 
@@ -162,6 +184,12 @@ class ChunkSACAgent(ChunkAgent):
             "alpha/loss": loss.detach(),
             "q_chunking/adjusted_entropy": torch.full((), self.target_entropy, device=alpha.device),
         }
+
+    def update_targets(self) -> None:
+        """Polyak critic targets on their schedule."""
+        cfg = self.cfg
+        if on_schedule(self.num_updates, cfg.target_start, cfg.target_every):
+            lerp_parameters_(self.critic_target, self.critic, cfg.tau)
 
     # ------------------------------------------------------------------ acting
 

@@ -1,4 +1,5 @@
-"""Chunk Bellman targets and target-network updates: the critic machinery every agent shares.
+"""Chunk Bellman targets and target-network updates: the critic machinery every agent shares, as pure
+functions that each agent's `critic_objective` and `update_targets` call.
 
 Chunk (semi-Markov) target, docs/chunk_transitions.md:   y = R^(τ) + (1 − d^(τ)) γ^τ V(s_{t+τ})
 with V the backup of the target critics at the next state over candidate next chunks a′ (K critics,
@@ -90,6 +91,42 @@ def lower_bounded(target: torch.Tensor, batch: dict, lower_bound: str) -> torch.
 def critic_loss(q: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean squared error of each critic (K, B) against the shared target (B,), summed over critics."""
     return (q - target).pow(2).mean(dim=-1).sum()
+
+
+def candidate_backup(
+    backup: str, next_obs: torch.Tensor, next_chunks: torch.Tensor, critic_target, critic, agg: str
+) -> torch.Tensor:
+    """V(s′) (B,) of N candidate next chunks (B, N, H, A): the target critics' values, and for `best_of_n`
+    the online critics' that choose among them (`backup_value`)."""
+    target_q = critic_target(next_obs, next_chunks)  # (K, B, N)
+    online_q = critic(next_obs, next_chunks) if backup == "best_of_n" else None
+    return backup_value(backup, target_q, online_q, agg)
+
+
+def bellman_loss(
+    q: torch.Tensor, next_value: torch.Tensor, batch: dict, lower_bound: str
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The critics' loss Σ_k mean_b (Q_k(s, a) − y)² against y = R^(τ) + (1 − d) γ^τ V(s′), raised to the
+    recorded return with `monte_carlo`, from q (K, B) and V(s′) (B,) in float32; and its metrics."""
+    bellman = chunk_target(batch, next_value)
+    target = lower_bounded(bellman, batch, lower_bound)
+    loss = critic_loss(q, target)
+    return loss, {
+        "critic/loss": loss.detach(),
+        "critic/q_mean": q.detach().mean(),
+        "critic/q_min": q.detach().min(),
+        "critic/q_max": q.detach().max(),
+        "critic/q_abs_max": q.detach().abs().max(),
+        "critic/target_q": target.mean(),
+        "critic/chunk_reward": batch["cumulative_reward"].mean(),  # R^(τ): the n-step return, n = τ
+        "critic/target_raised": (target > bellman).float().mean(),  # share lifted by the lower bound
+    }
+
+
+def on_schedule(step: int, start: int, every: int) -> bool:
+    """Whether a target network moves after update `step`: every `every` updates from update `start` (a host
+    counter: no device synchronisation)."""
+    return step >= start and step % every == 0
 
 
 @torch.no_grad()

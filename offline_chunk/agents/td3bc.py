@@ -10,6 +10,10 @@ targets  Polyak τ for the critics and the target actor π′, right after each 
 The actor is the ACT-style transformer of ChunkSACAgent with a deterministic tanh head rather than the
 paper's MLP: it reads the observation history and emits one token per chunk step, and with one
 architecture for both agents a comparison between them isolates the objective.
+
+Each update (ChunkAgent.update) takes a critic step on `critic_objective`, on delayed updates an actor step
+on `actor_objective` (both through torch.compile with `compile`; `update_actor`), and then
+`update_targets`, all below.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ import torch
 from pydantic import Field
 
 from offline_chunk.agents.base import AgentConfig, ChunkAgent, Dims, SingleChunkActConfig
-from offline_chunk.agents.targets import LowerBound, lerp_parameters_
+from offline_chunk.agents.losses import float32
+from offline_chunk.agents.targets import LowerBound, backup_value, bellman_loss, lerp_parameters_
 from offline_chunk.data.normalize import Normalizer
 from offline_chunk.policies import DeterministicTransformerConfig
 from offline_chunk.policies.base import per_sample_mean
@@ -67,7 +72,15 @@ class TD3BCAgent(ChunkAgent):
         next_chunk = self.actor_target(next_obs)
         clip = self.cfg.noise_clip
         noise = (torch.randn_like(next_chunk) * self.cfg.policy_noise).clamp(-clip, clip)
-        return self.policy_chunk_value(next_obs, (next_chunk + noise).clamp(-1.0, 1.0))
+        target_q = self.critic_target(next_obs, (next_chunk + noise).clamp(-1.0, 1.0)[:, None])  # (K, B, 1)
+        return backup_value(self.cfg.backup, target_q)
+
+    def critic_objective(self, obs, actions, next_obs, batch):
+        """Σ_k mean [Q_k(s, a) − y]², y = R^(τ) + (1 − d) γ^τ V(s′) with the smoothed value above."""
+        with self.autocast():
+            next_value = self.next_state_value(next_obs, batch).float()
+            q = self.critic(obs, actions).float()  # (K, B)
+        return bellman_loss(q, next_value, batch, self.cfg.target_lower_bound)
 
     def delayed_update(self, update_index: int) -> bool:
         """TD3's delayed policy updates: the actor and the targets move on updates 0, d, 2d, ... (a host
@@ -81,17 +94,18 @@ class TD3BCAgent(ChunkAgent):
             super().update_actor(obs, actions, action_mask) if self.delayed_update(self.num_updates) else {}
         )
 
-    def actor_loss(self, obs, actions, action_mask):
-        chunk = self.actor(obs)
-        q = self.critic(obs, chunk, detach_params=True)[0]  # Q_1, as the paper's code; no critic weight grads
-        lam = self.cfg.alpha / q.abs().mean().detach()
-        q_loss = -q.mean()
-        bc_loss = per_sample_mean((chunk - actions).pow(2), action_mask).mean()
-        return lam * q_loss + bc_loss, {
-            "actor/q_loss": q_loss.detach(),
-            "actor/bc_loss": bc_loss.detach(),
-            "actor/lambda": lam,
-        }
+    def actor_objective(self, obs, actions, action_mask):
+        """−λ Q_1(s, π(s)) + ‖π(s) − a_data‖², λ = α / mean|Q_1| (detached)."""
+        with self.autocast():
+            chunk = self.actor(obs)
+            q = self.critic(obs, chunk, detach_params=True)[0]  # Q_1 (the paper's code); no grads to critics
+            lam = self.cfg.alpha / q.abs().mean().detach()
+            q_loss = -q.mean()
+            bc_loss = per_sample_mean((chunk - actions).pow(2), action_mask).mean()
+            return float32(
+                lam * q_loss + bc_loss,
+                {"actor/q_loss": q_loss.detach(), "actor/bc_loss": bc_loss.detach(), "actor/lambda": lam},
+            )
 
     def update_targets(self) -> None:
         """Polyak critic and actor targets after each actor update (update num_updates − 1 just ran)."""

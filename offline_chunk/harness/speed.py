@@ -40,7 +40,7 @@ from torch.utils.flop_counter import flop_registry
 
 from offline_chunk.agents import ChunkAgent, Dims, make_agent
 from offline_chunk.agents.targets import batch_fields
-from offline_chunk.compute import CompiledWithFallback, pick_device
+from offline_chunk.compute import pick_device
 from offline_chunk.config import RunConfig, load_config
 from offline_chunk.data.batches import ChunkSampler
 from offline_chunk.data.dataset import OfflineRLDataset
@@ -270,7 +270,7 @@ def measure(
         device=describe_device(setup.device),
         batch_size=batch_size,
         horizon=horizon,
-        compile=isinstance(setup.agent.critic_objective, CompiledWithFallback),
+        compile=setup.agent.compiles,
         precision=setup.cfg.precision,
         cameras=camera_label(dataset),
         updates_per_s=median,
