@@ -58,6 +58,7 @@ class Learner:
         self.q_bound = q_bound
         self.log = MetricLog()
         self.last_metrics: dict[str, float] = {}  # the means of the last log interval
+        self.last_interval = 0  # its updates
         self.train_seconds = 0.0  # wall time spent updating (evaluations excluded), over every resumed part
         self.writer: SummaryWriter | None = None  # <run>/tb, opened by the loop
 
@@ -68,6 +69,7 @@ class Learner:
     def read_metrics(self, at: int, **scalars: float) -> dict[str, float]:
         """The metrics' means since the last read, in one transfer, checked by the divergence guard, then
         written to TensorBoard at step `at` with the learning rates and `scalars`."""
+        self.last_interval = self.log.counts.get("critic/loss", 0)  # updates the means are over
         means = self.log.read()
         self.check_divergence(means, at)
         self.last_metrics = means
@@ -399,7 +401,7 @@ def summary(run: Run, first_step: int, final: Path, seconds: float) -> str:
     if means:
         lines.append(
             f"final        critic loss {means['critic/loss']:.4g}   Q mean {means['critic/q_mean']:.4g}   "
-            f"target {means['critic/target_q']:.4g}   (means over the last {run.cfg.log_every} updates)"
+            f"target {means['critic/target_q']:.4g}   (means over the last {run.last_interval} updates)"
         )
     lines += [
         f"checkpoint   {final}",

@@ -231,7 +231,7 @@ def test_train_cli_writes_checkpoint_and_events_and_load_agent_works(tmp_path, c
             "--run",
             str(run_dir),
             "horizon=2",
-            "log_every=10",
+            "log_every=8",
             *TINY_NETS,
         ]
     )
@@ -247,6 +247,7 @@ def test_train_cli_writes_checkpoint_and_events_and_load_agent_works(tmp_path, c
     events.Reload()
     last_loss = events.Scalars("critic/loss")[-1]
     assert last_loss.step == 20 and f"critic loss {last_loss.value:.4g} " in out
+    assert "(means over the last 4 updates)" in out  # logs at updates 8, 16 and the last, 20
     assert f"make eval CKPT={final}" in out and "evaluate_q_on_demos.ipynb" in out
 
     agent = load_agent(final)
