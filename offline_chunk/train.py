@@ -136,6 +136,11 @@ class Run(Learner):
         self.dataset, self.step = dataset, step
         self.evaluator: Callable[[Path], dict] | None = None
 
+    def write_config(self) -> None:
+        """<run>/config.yaml: the resolved config (`train --config` trains it again)."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self.cfg.model_dump(), sort_keys=False))
+
     def save(self, name: str | None = None) -> Path:
         """This step's checkpoint, step_<N>.pt, or `name`."""
         return self.checkpoint(name or f"step_{self.step:08d}.pt", self.step)
@@ -148,9 +153,12 @@ def q_bound(reward: np.ndarray, gamma: float, factor: float) -> float:
     return float("inf") if gamma >= 1.0 else factor * largest / (1.0 - gamma)
 
 
-def default_run_dir(cfg: RunConfig) -> Path:
+def with_run_dir(cfg: RunConfig) -> RunConfig:
+    """`cfg` with its run directory: its own, or runs/<agent>-<store name>-<date-time>."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{cfg.agent.name}-{Path(cfg.dataset).stem}-{stamp}"
+    return cfg.model_copy(
+        update={"run_dir": cfg.run_dir or f"runs/{cfg.agent.name}-{Path(cfg.dataset).stem}-{stamp}"}
+    )
 
 
 # What the networks' shapes and the chunk contract depend on: a resumed run cannot change them.
@@ -418,7 +426,7 @@ def train(
     """Train a run, or continue one from a checkpoint payload (its config, with any new overrides, is `cfg`).
     With `eval_every`, `evaluator` evaluates a checkpoint (`python -m offline_chunk train` passes the
     simulator rollouts of offline_chunk.harness.evaluation). Returns the final checkpoint's path."""
-    cfg = cfg.model_copy(update={"run_dir": str(cfg.run_dir or default_run_dir(cfg))})
+    cfg = with_run_dir(cfg)
     if cfg.eval_every and evaluator is None:
         raise ConfigError(
             f"eval_every={cfg.eval_every} needs an evaluator: train(cfg, evaluator="
@@ -430,8 +438,7 @@ def train(
     run = build_run(cfg, resume)
     run.evaluator = evaluator
     first_step = run.step
-    run.run_dir.mkdir(parents=True, exist_ok=True)
-    (run.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+    run.write_config()
     final = train_loop(run)
     print(summary(run, first_step, final, time.perf_counter() - start))
     return final

@@ -41,7 +41,6 @@ from typing import Literal
 
 import numpy as np
 import torch
-import yaml
 from pydantic import Field
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
@@ -66,7 +65,7 @@ from offline_chunk.harness.evaluation.settings import REWARD_TRANSFORMS, reward_
 from offline_chunk.harness.evaluation.stats import Episode
 from offline_chunk.sections import Section
 from offline_chunk.stopping import StopRequest, stop_requests
-from offline_chunk.train import Learner, build_run, default_run_dir, q_bound
+from offline_chunk.train import Learner, build_run, q_bound, with_run_dir
 
 COLLECT_SEED_OFFSET = 1_000_000  # collection episodes reset with seeds no evaluation episode uses
 
@@ -288,10 +287,8 @@ def train_online(cfg: RunConfig, settings: FinetuneSettings | None = None, progr
     RLPD-AC). The agent is built as `make train` builds it (presets, overrides, the store's normalizer),
     saved as <run>/checkpoints/untrained.pt, and the fine-tuning loop runs from it in the same run
     directory (`make finetune RESUME=<run>/checkpoints/step_N.pt` resumes it). Returns final.pt."""
-    cfg = cfg.model_copy(update={"run_dir": str(cfg.run_dir or default_run_dir(cfg))})
-    run = build_run(cfg)
-    run.run_dir.mkdir(parents=True, exist_ok=True)
-    (run.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+    run = build_run(with_run_dir(cfg))
+    run.write_config()
     untrained = run.save("untrained.pt")
     settings = settings or FinetuneSettings(**ONLINE_DEFAULTS, seed=cfg.seed)
     return finetune(untrained, settings, run.run_dir, progress)
