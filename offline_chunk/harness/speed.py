@@ -53,9 +53,16 @@ IMAGE_ROWS = 10_000  # camera stores: 10 episodes (84 px, 2 cameras: 0.4 GB of f
 # default preset's (each agent's published settings). `matched` takes the quick preset's networks, sized
 # like the official Diffusion-QL and CPQL MLPs (160k actor, 2 x 149k critics): a one-level U-Net actor
 # (152k parameters) or a one-layer transformer actor (145k), and two U-Net critics (146k each).
-CONFIGS = {"default": "default", "matched": "quick", "gpu": "gpu", "qc": "qc", "qc_cpu": "qc_cpu"}
+CONFIGS = {
+    "default": "default",
+    "matched": "quick",
+    "gpu": "gpu",
+    "qc": "qc",
+    "qc_cpu": "qc_cpu",
+    "published_cpu": "published_cpu",
+}
 # Recipes are measured whole (backup, candidates, acting), not only their networks.
-RECIPES = ("qc", "qc_cpu")
+RECIPES = ("qc", "qc_cpu", "published_cpu")
 
 
 def synthetic_dataset(horizon: int = 5, cameras: str = "") -> OfflineRLDataset:

@@ -1,7 +1,11 @@
 """1D U-Net blocks over action sequences with FiLM conditioning (after diffusion_policy's ConditionalUnet1D).
 
-Tensors are channel-first inside the nets: (B, C, H). The public modules take and return chunks as
-(B, H, A), the layout of the data layer.
+The public modules take and return chunks as (B, H, A), the layout of the data layer, and hold their
+activations the same way, steps then channels: (B, L, C). The parameters are diffusion_policy's (Conv1d,
+GroupNorm, Mish), computed for the few steps of a chunk as matrix products over the flattened sequence
+(`ChunkConv1d`), with the channels innermost so that the element-wise work (GroupNorm, FiLM, Mish) runs
+over contiguous channel vectors: library convolutions are built for long sequences, and at length 5 with
+channels first a compiled kernel meets an innermost axis of 5 (benchmarks/RESULTS.md, issue 42).
 
 - `ChunkUNet`: sequence -> sequence (the denoiser of the chunk policies); H is padded up to a multiple
   of 2^(levels - 1) so every down-sampling stage halves an even length, and cropped back.
@@ -19,18 +23,78 @@ from einops import rearrange
 from torch import nn
 
 
+class ChunkConv1d(nn.Conv1d):
+    """nn.Conv1d's parameters and result (up to float rounding) on a steps-last sequence: `forward` takes
+    (B, L, C_in) and returns (B, L_out, C_out).
+
+    - kernel size 1: a Linear over the channels at every step;
+    - a sequence of length L <= 2 x kernel size: one Linear over the flattened (L, C_in) input, whose
+      (L_out C_out, L C_in) matrix holds w[o, c, i - j s + p] at row (j, o) and column (i, c) where that
+      index lies in the kernel, 0 elsewhere (zero padding). At L = kernel size it multiplies as many terms
+      as the convolution. The matrix is built from the weight at every call, so gradients reach the
+      weight as the convolution's do;
+    - longer sequences: the library convolution.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.groups != 1 or self.dilation != (1,) or self.padding_mode != "zeros":
+            raise ValueError("ChunkConv1d: groups 1, dilation 1 and zero padding only")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        (kernel,), (stride,), (padding,) = self.kernel_size, self.stride, self.padding
+        length = x.shape[-2]
+        if kernel == 1 and stride == 1 and padding == 0:
+            return F.linear(x, self.weight[..., 0], self.bias)
+        if length > 2 * kernel:
+            return super().forward(x.transpose(-1, -2)).transpose(-1, -2)
+        out_length = (length + 2 * padding - kernel) // stride + 1
+        # tap[j, i]: the kernel index that input step i meets at output step j
+        steps = torch.arange(length, device=x.device)
+        tap = steps[None, :] - stride * torch.arange(out_length, device=x.device)[:, None] + padding
+        inside = (tap >= 0) & (tap < kernel)
+        taps = torch.index_select(self.weight, -1, tap.clamp(0, kernel - 1).flatten())
+        taps = taps.unflatten(-1, (out_length, length)) * inside  # (C_out, C_in, L_out, L)
+        matrix = rearrange(taps, "o c j i -> (j o) (i c)")
+        bias = None if self.bias is None else self.bias.repeat(out_length)
+        return F.linear(x.flatten(-2), matrix, bias).unflatten(-1, (out_length, self.out_channels))
+
+
+def group_norm_steps(
+    x: torch.Tensor, num_groups: int, weight: torch.Tensor, bias: torch.Tensor, eps: float
+) -> torch.Tensor:
+    """Group normalisation of a steps-last sequence (B, L, C), written out: each group of C / G channels is
+    normalised over its channels and all L steps, then scaled and shifted per channel."""
+    grouped = x.unflatten(-1, (num_groups, -1))  # (B, L, G, C / G)
+    var, mean = torch.var_mean(grouped, dim=(-3, -1), keepdim=True, correction=0)
+    return ((grouped - mean) * torch.rsqrt(var + eps)).flatten(-2) * weight + bias
+
+
+class StepGroupNorm(nn.GroupNorm):
+    """nn.GroupNorm's parameters and result on a steps-last sequence (B, L, C)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling():  # written out, so that inductor fuses it with FiLM and Mish
+            return group_norm_steps(x, self.num_groups, self.weight, self.bias, self.eps)
+        # eager: the library kernel, channels first (the written-out form's reduction over two strided
+        # axes ran slower there)
+        return F.group_norm(x.transpose(-1, -2), self.num_groups, self.weight, self.bias, self.eps).transpose(
+            -1, -2
+        )
+
+
 def _groups(channels: int, n_groups: int) -> int:
     """The largest group count <= n_groups that divides `channels` (GroupNorm needs a divisor)."""
     return next(g for g in range(min(n_groups, channels), 0, -1) if channels % g == 0)
 
 
 class ConvBlock(nn.Sequential):
-    """Conv1d -> GroupNorm -> Mish."""
+    """Conv1d -> GroupNorm -> Mish, steps last."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, n_groups: int):
         super().__init__(
-            nn.Conv1d(in_channels, out_channels, kernel_size, padding=kernel_size // 2),
-            nn.GroupNorm(_groups(out_channels, n_groups), out_channels),
+            ChunkConv1d(in_channels, out_channels, kernel_size, padding=kernel_size // 2),
+            StepGroupNorm(_groups(out_channels, n_groups), out_channels),
             nn.Mish(),
         )
 
@@ -44,10 +108,13 @@ class FiLMResidualBlock(nn.Module):
         self.first = ConvBlock(in_channels, out_channels, kernel_size, n_groups)
         self.second = ConvBlock(out_channels, out_channels, kernel_size, n_groups)
         self.film = nn.Sequential(nn.Mish(), nn.Linear(cond_dim, 2 * out_channels))
-        self.skip = nn.Conv1d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+        self.skip = (
+            ChunkConv1d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+        )
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        scale, bias = rearrange(self.film(cond), "b (two c) -> two b c 1", two=2)
+        """x (B, L, C_in), cond (B, cond_dim) -> (B, L, C_out)."""
+        scale, bias = rearrange(self.film(cond), "b (two c) -> two b 1 c", two=2)
         h = self.first(x) * scale + bias
         return self.second(h) + self.skip(x)
 
@@ -67,7 +134,7 @@ class ChunkUNet(nn.Module):
         dims = [action_dim, *down_dims]
         block = lambda i, o: FiLMResidualBlock(i, o, cond_dim, kernel_size, n_groups)  # noqa: E731
         self.levels = len(down_dims)
-        downsample = lambda k, o: nn.Conv1d(o, o, 3, 2, 1) if k < self.levels - 1 else nn.Identity()  # noqa: E731
+        downsample = lambda k, o: ChunkConv1d(o, o, 3, 2, 1) if k < self.levels - 1 else nn.Identity()  # noqa: E731
         self.down = nn.ModuleList(
             nn.ModuleList([block(i, o), block(o, o), downsample(k, o)])
             for k, (i, o) in enumerate(zip(dims[:-1], dims[1:], strict=True))
@@ -79,14 +146,15 @@ class ChunkUNet(nn.Module):
         )
         self.out = nn.Sequential(
             ConvBlock(down_dims[0], down_dims[0], kernel_size, n_groups),
-            nn.Conv1d(down_dims[0], action_dim, 1),
+            ChunkConv1d(down_dims[0], action_dim, 1),
         )
 
     def forward(self, chunk: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         horizon = chunk.shape[1]
         multiple = 2 ** (self.levels - 1)
-        x = rearrange(chunk, "b h a -> b a h")
-        x = F.pad(x, (0, -horizon % multiple))  # zero-pad the tail to a length every stage can halve
+        x = F.pad(
+            chunk, (0, 0, 0, -horizon % multiple)
+        )  # zero-pad the tail to a length every stage can halve
         skips = []
         for first, second, downsample in self.down:
             x = second(first(x, cond), cond)
@@ -95,9 +163,9 @@ class ChunkUNet(nn.Module):
         for block in self.mid:
             x = block(x, cond)
         for (first, second, upsample), skip in zip(self.up, reversed(skips[1:]), strict=True):
-            x = second(first(torch.cat([x, skip], dim=1), cond), cond)
-            x = upsample(x)
-        return rearrange(self.out(x)[..., :horizon], "b a h -> b h a")
+            x = second(first(torch.cat([x, skip], dim=-1), cond), cond)
+            x = upsample(x.transpose(-1, -2)).transpose(-1, -2)
+        return self.out(x)[:, :horizon]
 
 
 class ChunkQNet(nn.Module):
@@ -116,7 +184,7 @@ class ChunkQNet(nn.Module):
         dims = [action_dim, *down_dims]
         self.down = nn.ModuleList(
             nn.ModuleList(
-                [FiLMResidualBlock(i, o, cond_dim, kernel_size, n_groups), nn.Conv1d(o, o, 3, 2, 1)]
+                [FiLMResidualBlock(i, o, cond_dim, kernel_size, n_groups), ChunkConv1d(o, o, 3, 2, 1)]
             )
             for i, o in zip(dims[:-1], dims[1:], strict=True)
         )
@@ -129,10 +197,10 @@ class ChunkQNet(nn.Module):
         )
 
     def forward(self, chunk: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        x = rearrange(chunk, "b h a -> b a h")
+        x = chunk
         for block, downsample in self.down:
             x = downsample(block(x, cond))
-        pooled = x.mean(dim=-1)
+        pooled = x.mean(dim=-2)
         hidden = self.head[:-1](torch.cat([pooled, cond], dim=-1))
         # The value layer runs in its parameters' precision under autocast (compute.py): Q is a regression
         # target, and bf16 would round a Q of -80 to a multiple of 0.5.
