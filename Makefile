@@ -22,7 +22,7 @@ BENCH   ?= quick
 JOBS    ?= 1
 LAUNCHER ?= local
 OWN_VARIABLES := PYTHON=% VENV=% TORCH=% LOCK=% DATA=% OUT=% ARGS=% AGENT=% PRESET=% DATASET=% STEPS=% RUN=% RESUME=% \
-	TASK=% SEEDS=% BENCH=% REWARD=% JOBS=% LAUNCHER=% CKPT=% EPISODES=% EXECUTE=% WORKERS=% DEVICE=% CONFIG=% UTD=% ENVS=%
+	TASK=% SEEDS=% BENCH=% REWARD=% JOBS=% LAUNCHER=% CKPT=% EPISODES=% EXECUTE=% WORKERS=% DEVICE=% CONFIG=% UTD=% ENVS=% NPROC=%
 # MAKEOVERRIDES escapes the spaces inside a value (`ARGS="--blocks 3"` is `ARGS=--blocks\ 3`): they are held
 # as ^ while filtering so that such a value stays one word.
 empty :=
@@ -34,7 +34,7 @@ OVERRIDES = $(subst ^,$(space),$(filter-out $(OWN_VARIABLES),$(subst \$(space),^
 help:
 	@echo "make install                    create $(VENV) with torch and every extra"
 	@echo "make dataset [DATA=...] [OUT=...] convert or generate a step-level zarr store"
-	@echo "make train [AGENT=cpql|dql|chunk_sac|td3bc] [DATASET=...] [STEPS=...] [RUN=...] [RESUME=ckpt] [PRESET=default|quick|gpu|qc|qc_cpu] [key=value ...]"
+	@echo "make train [AGENT=cpql|dql|chunk_sac|td3bc] [DATASET=...] [STEPS=...] [RUN=...] [RESUME=ckpt] [PRESET=default|quick|gpu|qc|qc_cpu] [NPROC=N] [key=value ...]"
 	@echo "make eval CKPT=... [EPISODES=50] [EXECUTE=k] [WORKERS=2] [ARGS=...]  rollouts in the simulator"
 	@echo "make finetune CKPT=... [STEPS=50000] [UTD=1] [ENVS=1] [ARGS=...]  continue online in the simulator"
 	@echo "make online [AGENT=chunk_sac] [DATASET=...] [STEPS=100000] [UTD=1] [RUN=...] [key=value ...]  an untrained agent online (RLPD)"
@@ -75,8 +75,9 @@ dataset: $(STAMP)
 	$(PY) -m offline_chunk dataset "$(DATA)" $(if $(OUT),--out "$(OUT)") $(ARGS)
 
 # Without DATASET (or RESUME), train on the default store, generating it first if it is missing.
+# NPROC=N: one run over N data-parallel processes on this machine (torchrun; offline_chunk/distributed.py).
 train: $(STAMP) $(if $(DATASET)$(RESUME),,$(DEFAULT_STORE))
-	$(PY) -m offline_chunk train --agent $(AGENT) --preset $(PRESET) $(if $(DATASET),--dataset "$(DATASET)") \
+	$(if $(NPROC),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC),$(PY)) -m offline_chunk train --agent $(AGENT) --preset $(PRESET) $(if $(DATASET),--dataset "$(DATASET)") \
 		$(if $(STEPS),--steps $(STEPS)) $(if $(RUN),--run "$(RUN)") $(if $(RESUME),--resume "$(RESUME)") \
 		$(OVERRIDES) $(ARGS)
 

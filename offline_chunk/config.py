@@ -5,7 +5,8 @@ and its types before the next applies:
 1. the train presets, configs/train/<preset>.yaml (default.yaml first; a preset may name a `base` preset
    under it and give `per_agent` values), partial YAML: a key no config has is refused with the file, the
    key and the closest valid keys. A preset's `agent:` section sizes every agent: a key another agent
-   has (a U-Net's down_dims for a transformer actor) does not apply to this one;
+   has (a U-Net's down_dims for a transformer actor) does not apply to this one, and a layer that sets
+   a policy's `kind` to another kind (chunk_sac's `mlp_gaussian`) starts that section from its defaults;
 2. `key=value` overrides (dotted keys, values parsed as YAML): the key must be this run's;
 3. the whole resolved config, validated as `RunConfig` (pydantic, strict: no "1" for an int, no `true` for
    a number, `Literal` choices).
@@ -31,6 +32,7 @@ from pydantic import Field, ValidationError
 
 from offline_chunk.agents import AGENTS
 from offline_chunk.errors import ConfigError
+from offline_chunk.policies import POLICY_CONFIGS
 from offline_chunk.sections import Section
 
 # The presets: the checkout's top-level configs/, which offline_chunk/configs links to and a wheel carries
@@ -147,6 +149,11 @@ def _apply(cfg: dict, update: dict, source: str, valid: list[str], elsewhere: se
                 continue
             raise _unknown(source, dotted, valid)
         if isinstance(value, dict) and isinstance(cfg[key], dict):
+            kind = value.get("kind", cfg[key].get("kind"))
+            if (
+                kind != cfg[key].get("kind") and kind in POLICY_CONFIGS
+            ):  # another kind of policy: its defaults
+                cfg[key] = POLICY_CONFIGS[kind]().model_dump()
             _apply(cfg[key], value, source, valid, elsewhere, dotted + ".")
         else:
             cfg[key] = copy.deepcopy(value)

@@ -4,6 +4,9 @@ harness's (offline_chunk.harness.evaluation.periodic_evaluator): the loop takes 
 
 Inside the loop nothing leaves the device except at `log_every` intervals, where the metrics summed
 on the device since the last log are read in one transfer.
+
+Under torchrun the same loop runs in every process of a data-parallel run (distributed.py): each samples
+its share of the global batch, the agents average their gradients, and rank 0 alone writes.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from offline_chunk.checkpoint import (
     agent_from_payload,
     read_checkpoint,
     restore_rng_state,
+    rng_state,
     save_checkpoint,
     store_provenance,
 )
@@ -36,6 +40,7 @@ from offline_chunk.config import RunConfig
 from offline_chunk.data.dataset import OfflineRLDataset
 from offline_chunk.data.normalize import Normalizer
 from offline_chunk.data.store import frame_bytes
+from offline_chunk.distributed import SINGLE, Group, join, leave
 from offline_chunk.errors import ConfigError, DataError, DivergenceError
 from offline_chunk.stopping import stop_requests
 
@@ -51,9 +56,17 @@ class Learner:
     axis = "step"
 
     def __init__(
-        self, cfg: RunConfig, run_dir: Path, agent: ChunkAgent, sampler, store: dict, q_bound: float
+        self,
+        cfg: RunConfig,
+        run_dir: Path,
+        agent: ChunkAgent,
+        sampler,
+        store: dict,
+        q_bound: float,
+        group: Group = SINGLE,
     ):
         self.cfg, self.run_dir, self.agent, self.sampler = cfg, Path(run_dir), agent, sampler
+        self.group = group  # the processes of a data-parallel run; rank 0 writes (distributed.py)
         self.store = store  # what a checkpoint keeps of the training store (store_provenance)
         self.q_bound = q_bound
         self.log = MetricLog()
@@ -61,6 +74,11 @@ class Learner:
         self.last_interval = 0  # its updates
         self.train_seconds = 0.0  # wall time spent updating (evaluations excluded), over every resumed part
         self.writer: SummaryWriter | None = None  # <run>/tb, opened by the loop
+
+    def open_writer(self) -> SummaryWriter | NullWriter:
+        """<run>/tb's TensorBoard writer (rank 0's; the other ranks' writes go nowhere)."""
+        self.writer = SummaryWriter(self.run_dir / "tb") if self.group.main else NullWriter()
+        return self.writer
 
     def update(self) -> None:
         """One update of the agent on a sampled batch; its metrics stay on the device until `read_metrics`."""
@@ -70,7 +88,7 @@ class Learner:
         """The metrics' means since the last read, in one transfer, checked by the divergence guard, then
         written to TensorBoard at step `at` with the learning rates and `scalars`."""
         self.last_interval = self.log.counts.get("critic/loss", 0)  # updates the means are over
-        means = self.log.read()
+        means = self.group.mean(self.log.read(), maxima=("guard/q_abs_max",))  # over the ranks
         self.check_divergence(means, at)
         self.last_metrics = means
         for key, value in {**means, **self.agent.learning_rates(), **scalars}.items():
@@ -95,10 +113,17 @@ class Learner:
 
     def checkpoint(self, name: str, step: int, extra: dict | None = None) -> Path:
         """<run>/checkpoints/<name>: everything to resume from (checkpoint.py), with the streaming sampler's
-        position and the `extra` records (a fine-tuning run's `online`)."""
+        position and the `extra` records (a fine-tuning run's `online`). Every rank of a data-parallel run
+        calls it; rank 0 writes it with every rank's random-number states and stream positions."""
         stream = {"stream": self.sampler.state()} if hasattr(self.sampler, "state") else {}
+        path = self.run_dir / "checkpoints" / name
+        ranks = self.group.gather({"rng": rng_state(self.sampler.generator), **stream})
+        if self.group.parallel:
+            extra = {**(extra or {}), "processes": self.group.size, "ranks": ranks}
+        if not self.group.main:
+            return path
         return save_checkpoint(
-            self.run_dir / "checkpoints" / name,
+            path,
             self.agent,
             self.cfg,
             step,
@@ -129,15 +154,26 @@ class Run(Learner):
     """An offline run: the learner, its dataset, the update count `step` and the evaluator (checkpoint ->
     evaluation report) of `eval_every`."""
 
-    def __init__(self, cfg, run_dir, dataset: OfflineRLDataset, agent, sampler, step: int, q_bound: float):
-        super().__init__(
-            cfg, run_dir, agent, sampler, store_provenance(cfg.dataset, dataset.data.attrs), q_bound
-        )
+    def __init__(
+        self,
+        cfg,
+        run_dir,
+        dataset: OfflineRLDataset,
+        agent,
+        sampler,
+        step: int,
+        q_bound: float,
+        group: Group = SINGLE,
+    ):
+        store = store_provenance(cfg.dataset, dataset.data.attrs)
+        super().__init__(cfg, run_dir, agent, sampler, store, q_bound, group)
         self.dataset, self.step = dataset, step
         self.evaluator: Callable[[Path], dict] | None = None
 
     def write_config(self) -> None:
-        """<run>/config.yaml: the resolved config (`train --config` trains it again)."""
+        """<run>/config.yaml: the resolved config (`train --config` trains it again); rank 0's."""
+        if not self.group.main:
+            return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self.cfg.model_dump(), sort_keys=False))
 
@@ -190,10 +226,18 @@ def _changes(old: RunConfig, cfg: RunConfig, keys: tuple[str, ...]) -> list[str]
     ]
 
 
-def check_resume(resume: dict, cfg: RunConfig) -> None:
+def check_resume(resume: dict, cfg: RunConfig, group: Group = SINGLE) -> None:
     """Refuse to resume with a change the checkpoint's networks, chunk transitions or learning-rate schedule
-    cannot take, or into a run directory whose later checkpoints the resumed run would overwrite."""
+    cannot take, with another number of processes, or into a run directory whose later checkpoints the
+    resumed run would overwrite."""
     old = resume["config"]
+    processes = resume.get("processes", 1)
+    if processes != group.size:
+        raise ConfigError(
+            f"the checkpoint was trained by {processes} process(es) and this run has {group.size}: each "
+            f"process's batch stream resumes where it stood, so resume with torchrun --nproc_per_node="
+            f"{processes}{' (or without torchrun)' if processes == 1 else ''}, or train a new run"
+        )
     changed = _changes(old, cfg, FROZEN_ON_RESUME)
     if changed:
         raise ConfigError(
@@ -250,9 +294,12 @@ def frame_budget_bytes(cfg: RunConfig, device: torch.device) -> float:
     return available / 2
 
 
-def build_sampler(cfg: RunConfig, device: torch.device, stream_state: dict | None = None):
+def build_sampler(
+    cfg: RunConfig, device: torch.device, stream_state: dict | None = None, group: Group = SINGLE
+):
     """The dataset and its batch sampler: frames in memory, or streamed when they exceed the budget (from
-    `stream_state`, a resumed run's streaming sampler's)."""
+    `stream_state`, a resumed run's streaming sampler's); in a data-parallel run, this rank's share of the
+    global batch from its own stream (and blocks)."""
     budget, frames = frame_budget_bytes(cfg, device), frame_bytes(cfg.dataset)
     stream = frames > budget
     dataset = OfflineRLDataset(
@@ -265,13 +312,13 @@ def build_sampler(cfg: RunConfig, device: torch.device, stream_state: dict | Non
             f"none ends in a terminal; lower horizon, or set drop_partial=false to train on partial chunks",
         )
     fields = batch_fields(cfg.agent)
+    batch_size, seed = group.local_batch(cfg.batch_size), group.seed(cfg.seed)
     if not stream:
         cameras = bool(dataset.data.images)
-        return dataset, dataset.sampler(
-            cfg.batch_size, device=device, seed=cfg.seed, images=cameras, **fields
-        )
+        return dataset, dataset.sampler(batch_size, device=device, seed=seed, images=cameras, **fields)
+    shard = (group.rank, group.size)
     sampler = dataset.streaming_sampler(
-        budget, cfg.batch_size, device, cfg.seed, **fields, state=stream_state
+        budget, batch_size, device, seed, **fields, state=stream_state, shard=shard
     )
     print(
         f"streaming    {frames / 2**20:,.4g} MB of frames over a budget of {budget / 2**20:,.4g} MB: "
@@ -281,21 +328,28 @@ def build_sampler(cfg: RunConfig, device: torch.device, stream_state: dict | Non
     return dataset, sampler
 
 
-def build_run(cfg: RunConfig, resume: dict | None = None) -> Run:
-    device = pick_device(cfg.device)
+def build_run(
+    cfg: RunConfig, resume: dict | None = None, group: Group = SINGLE, device: torch.device | None = None
+) -> Run:
+    """The run of `cfg`, new or resumed; in a data-parallel run, this rank's (the same agent on every rank,
+    built from the same seed; its own batch stream and, for rank r > 0, its own noise stream)."""
+    device = device or pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    dataset, sampler = build_sampler(cfg, device, None if resume is None else resume.get("stream"))
+    own = resume if resume is None or not group.parallel else {**resume, **resume["ranks"][group.rank]}
+    dataset, sampler = build_sampler(cfg, device, None if own is None else own.get("stream"), group)
     if resume is None:
         dims = Dims(dataset.obs_dim, cfg.obs_horizon, dataset.action_dim, cfg.horizon, dataset.image_shapes)
         normalizer = Normalizer.from_data(dataset.data)
         agent = make_agent(cfg.agent, dims, normalizer, cfg.steps).to(device)
+        torch.manual_seed(group.seed(cfg.seed))  # the losses' noise: rank 0 the plain run's stream
         step = 0
     else:
         dims = Dims(**resume["dims"])
         check_shapes(cfg.dataset, dataset, dims)
         agent = agent_from_payload({**resume, "config": cfg}, device)
-        restore_rng_state(resume["rng"], sampler.generator)
+        restore_rng_state(own["rng"], sampler.generator)
         step = resume["step"]
+    agent.group = group
     agent.configure_compute(cfg.compile, cfg.precision)
     run = Run(
         cfg,
@@ -305,9 +359,20 @@ def build_run(cfg: RunConfig, resume: dict | None = None) -> Run:
         sampler,
         step,
         q_bound(dataset.data.reward, cfg.gamma, cfg.divergence_factor),
+        group,
     )
     run.train_seconds = resume.get("train_seconds", 0.0) if resume is not None else 0.0
     return run
+
+
+class NullWriter:
+    """TensorBoard's SummaryWriter for the ranks that do not write (distributed.py)."""
+
+    def add_scalar(self, *args, **kwargs) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 class MetricLog:
@@ -342,7 +407,9 @@ def evaluated_steps(run_dir: Path) -> set[int]:
 
 
 def evaluate_in_training(run: Run, checkpoint: Path) -> None:
-    """Evaluate this step's checkpoint (`run.evaluator`) with the training time so far."""
+    """Evaluate this step's checkpoint (`run.evaluator`) with the training time so far (rank 0)."""
+    if not run.group.main:
+        return
     run.record_evaluation(
         run.evaluator(checkpoint), run.step, step=run.step, train_seconds=f"{run.train_seconds:.1f}"
     )
@@ -351,17 +418,20 @@ def evaluate_in_training(run: Run, checkpoint: Path) -> None:
 def train_loop(run: Run) -> Path:
     """Updates until `steps`, a log interval every `log_every`, a checkpoint every `checkpoint_every`, an
     evaluation every `eval_every` (its time is not training time), a checkpoint when a stop is requested."""
-    cfg = run.cfg
-    run.writer = SummaryWriter(run.run_dir / "tb")
-    bar = tqdm(total=cfg.steps, initial=run.step, desc=f"train {cfg.agent.name}", unit="upd")
+    cfg, group = run.cfg, run.group
+    run.open_writer()
+    bar = tqdm(
+        total=cfg.steps, initial=run.step, desc=f"train {cfg.agent.name}", unit="upd", disable=not group.main
+    )
     evaluating = lambda: cfg.eval_every and run.step % cfg.eval_every == 0  # noqa: E731
-    if run.step and evaluating() and run.step not in evaluated_steps(run.run_dir):
+    unfinished = group.main and run.step not in evaluated_steps(run.run_dir)
+    if run.step and evaluating() and group.any(unfinished):
         evaluate_in_training(run, run.save())  # resumed where an evaluation did not finish
     clock = rate_clock = time.perf_counter()  # start of the current stretch of updates; of the log interval
     rate_step, checkpointing = run.step, False  # checkpointing: the last update's step was saved
     with stop_requests("stopping after this update, with a checkpoint to resume from") as stop:
         try:
-            while run.step < cfg.steps and not stop.requested:
+            while run.step < cfg.steps and not group.any(stop.requested):
                 run.update()
                 run.step += 1
                 bar.update(1)
@@ -426,19 +496,30 @@ def train(
     """Train a run, or continue one from a checkpoint payload (its config, with any new overrides, is `cfg`).
     With `eval_every`, `evaluator` evaluates a checkpoint (`python -m offline_chunk train` passes the
     simulator rollouts of offline_chunk.harness.evaluation). Returns the final checkpoint's path."""
-    cfg = with_run_dir(cfg)
+    group, device = join(pick_device(cfg.device))
+    # rank 0's run directory for every rank (a default name carries rank 0's clock)
+    cfg = cfg.model_copy(update={"run_dir": group.gather(with_run_dir(cfg).run_dir)[0]})
     if cfg.eval_every and evaluator is None:
         raise ConfigError(
             f"eval_every={cfg.eval_every} needs an evaluator: train(cfg, evaluator="
             "offline_chunk.harness.evaluation.periodic_evaluator(cfg)), or eval_every=0"
         )
     if resume is not None:
-        check_resume(resume, cfg)
+        check_resume(resume, cfg, group)
     start = time.perf_counter()
-    run = build_run(cfg, resume)
+    run = build_run(cfg, resume, group, device)
     run.evaluator = evaluator
     first_step = run.step
+    if group.parallel and group.main:
+        print(
+            f"processes    {group.size} ({'NCCL' if device.type == 'cuda' else 'gloo'}): batch_size "
+            f"{cfg.batch_size} is the global batch, {group.local_batch(cfg.batch_size)} per process"
+        )
     run.write_config()
-    final = train_loop(run)
-    print(summary(run, first_step, final, time.perf_counter() - start))
+    try:
+        final = train_loop(run)
+    finally:
+        leave()
+    if group.main:
+        print(summary(run, first_step, final, time.perf_counter() - start))
     return final

@@ -83,8 +83,12 @@ U_BF16 = 2.0**-8
 U_FP32 = 2.0**-24
 LINEAR_OPS = (F.linear, F.conv1d)
 UNHANDLED_PRODUCTS = {torch.matmul, torch.Tensor.__matmul__, torch.mm, torch.bmm, torch.addmm, F.conv2d}
-EXACT_OPS = {  # moves and copies: no new values, nothing rounded
+EXACT_OPS = {  # moves, copies and selections: no new values, nothing rounded
     torch.Tensor.reshape,
+    torch.Tensor.unflatten,
+    torch.Tensor.repeat,
+    torch.index_select,
+    torch.where,  # ChunkConv1d's matrix: kernel taps or 0
     torch.Tensor.view,
     torch.Tensor.permute,
     torch.Tensor.transpose,

@@ -58,7 +58,7 @@ def test_chunk_conv_is_the_library_convolution_with_its_gradients(
     assert ((ours_grad - library_grad).abs() <= summation_bound(terms, grad_magnitude)).all()
 
 
-def test_the_compiled_form_of_group_norm_is_the_librarys():
+def test_the_written_out_group_norm_is_the_librarys():
     torch.manual_seed(0)
     x = torch.randn(6, 5, 32) * 3 + 1  # (B, L, C)
     weight, bias = torch.randn(32), torch.randn(32)

@@ -28,6 +28,7 @@ from torch import nn
 
 from offline_chunk.compute import CompiledWithFallback, autocast_context, compile_enabled
 from offline_chunk.data.normalize import Normalizer
+from offline_chunk.distributed import SINGLE, average_gradients
 from offline_chunk.nets.critic import ChunkCriticEnsemble, CriticConfig
 from offline_chunk.nets.vision import ImageEncoder, TrunkedCritic, TrunkedPolicy, VisionConfig
 from offline_chunk.policies import make_policy
@@ -117,6 +118,7 @@ class ChunkAgent(nn.Module):
     acts_by_candidates = False  # acting samples `act.candidates` chunks and picks one by Q
     optimizers = ("actor_opt", "critic_opt")  # the optimizer attributes a checkpoint saves
     deterministic_actor = False  # acting gives the same chunk for a state every time
+    group = SINGLE  # the processes of a data-parallel run that average their gradients (train.py sets it)
 
     def __init__(self, dims: Dims, cfg: AgentConfig | dict, normalizer: Normalizer, total_steps: int):
         super().__init__()
@@ -263,10 +265,16 @@ class ChunkAgent(nn.Module):
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
         loss.backward()
+        self.share_gradients(params)
         grad_norm = nn.utils.clip_grad_norm_(params, self.cfg.grad_norm, foreach=True)
         for opt in optimizers:
             opt.step()
         return grad_norm.detach()
+
+    def share_gradients(self, params: list[torch.Tensor]) -> None:
+        """Data-parallel runs (distributed.py): the gradients averaged over the processes before a step."""
+        if self.group.parallel:
+            average_gradients(params, self.group)
 
     def update_targets(self) -> None:
         """The target networks' moves after update `num_updates` (counted on the host): each agent's file

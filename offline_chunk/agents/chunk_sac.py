@@ -4,17 +4,20 @@ the v2 algorithm, with a learned temperature) over action chunks, with the chunk
 
 critic   `critic_input: chunk`: Q(s, a_1..a_H), the chunk critics of Q-chunking, with the soft chunk target
              y = R^(τ) + (1 − d) γ^τ (min_k Q_k^targ(s′, a′) − α log π(a′ | s′)),   a′ ~ π(· | s′)
-         log π(a′ | s′) the next chunk's joint log-probability (targets.py: the backup over the ensemble).
+         log π(a′ | s′) the next chunk's joint log-probability (targets.py: the backup over the ensemble);
+         `backup_entropy: false` drops the − α log π term (RLPD-AC's target, Q-chunking's acrlpd.py).
          `critic_input: first_action`: Q(s, a_1), the same ensemble on chunks of length 1, trained on the
          same chunk transitions, i.e. n-step returns with n = H: y as above with Q^targ(s′, a′_1).
 actor    L = sac_weight · E[α log π(a | s) − Q̂(s, a)] + bc_weight · L_bc,  a ~ π(· | s) reparameterised,
-         Q̂ the min over the ensemble of Q(s, a_1..a_H) for `chunk`; for `first_action` by `actor_strategy`:
+         Q̂ the `actor_q_agg` (min or mean) over the ensemble of Q(s, a_1..a_H) for `chunk`; for
+         `first_action` by `actor_strategy`:
              standard            Q(s, a_1)
              conservative        min_t Q(s, a_t)
              temporal_weighted   Σ_t w_t Q(s, a_t),  w_t ∝ temporal_decay^t,  Σ_t w_t = 1
          L_bc = ‖tanh(μ(s)) − a_data‖², the chunk of means against the recorded chunk (padding masked).
 alpha    J(α) = −log α · (log π(a | s) + H_target), log π detached: the log α form of SAC v2's
-         temperature loss; H_target = −A · scale(H), scale = H (linear), √H (sqrt) or 1 (none).
+         temperature loss; H_target = −m · A · scale(H), scale = H (linear), √H (sqrt) or 1 (none), m the
+         `target_entropy_multiplier` (SAC: 1; RLPD-AC: 0.5).
 targets  Polyak τ = 0.005 every update
 
 Each update (ChunkAgent.update) takes a critic step on `critic_objective`, an actor step on
@@ -44,9 +47,9 @@ from offline_chunk.agents.base import (
     adam,
 )
 from offline_chunk.agents.losses import float32
-from offline_chunk.agents.targets import backup_value, bellman_loss, lerp_parameters_, on_schedule
+from offline_chunk.agents.targets import aggregate, backup_value, bellman_loss, lerp_parameters_, on_schedule
 from offline_chunk.data.normalize import Normalizer
-from offline_chunk.policies import GaussianTransformerConfig
+from offline_chunk.policies import GaussianMLPConfig, GaussianTransformerConfig
 from offline_chunk.policies.base import per_sample_mean
 
 ENTROPY_SCALINGS = {"linear": lambda horizon: float(horizon), "sqrt": math.sqrt, "none": lambda horizon: 1.0}
@@ -62,7 +65,11 @@ class ChunkSACConfig(TargetSchedule, AgentConfig):
     tau 0.005 every update, initial temperature 1, target entropy -dim(action), no gradient clipping."""
 
     name: Literal["chunk_sac"] = "chunk_sac"
-    policy: GaussianTransformerConfig = GaussianTransformerConfig()
+    policy: GaussianTransformerConfig | GaussianMLPConfig = Field(
+        GaussianTransformerConfig(), discriminator="kind"
+    )
+    """act_gaussian: the ACT-style transformer, a tanh-Gaussian per step | mlp_gaussian: RLPD-AC's MLP, one
+    tanh-Gaussian over the flattened chunk"""
     critic_input: Literal["chunk", "first_action"] = "chunk"
     """chunk: Q(s, a_1..a_H) (Q-chunking) | first_action: Q(s, a_1), n-step returns"""
     actor_strategy: Literal["standard", "conservative", "temporal_weighted"] = "standard"
@@ -70,7 +77,13 @@ class ChunkSACConfig(TargetSchedule, AgentConfig):
     temporal_decay: float = 0.9
     """temporal_weighted: w_t proportional to decay^t"""
     entropy_scaling: Literal["linear", "sqrt", "none"] = "linear"
-    """target entropy -A * scale(H): linear (H) | sqrt | none (1)"""
+    """target entropy -m * A * scale(H): linear (H) | sqrt | none (1)"""
+    target_entropy_multiplier: float = Field(1.0, gt=0)
+    """m above: SAC's 1; RLPD-AC's 0.5 (acrlpd.py target_entropy_multiplier)"""
+    backup_entropy: bool = True
+    """the − α log π(a′ | s′) term of the critic target (SAC); RLPD-AC has none"""
+    actor_q_agg: Literal["min", "mean"] = "min"
+    """Q̂ of the actor loss over the ensemble: min (SAC's clipped double Q) | mean (RLPD-AC over its 10)"""
     init_alpha: float = Field(1.0, gt=0)
     alpha_lr: float = Field(3.0e-4, gt=0)
     sac_weight: float = 1.0
@@ -80,9 +93,9 @@ class ChunkSACConfig(TargetSchedule, AgentConfig):
     act: SACActConfig = SACActConfig()
 
 
-def target_entropy(action_dim: int, horizon: int, scaling: str) -> float:
-    """H_target = −A · scale(H): SAC's −dim(action) heuristic, for a chunk of H actions."""
-    return -action_dim * ENTROPY_SCALINGS[scaling](horizon)
+def target_entropy(action_dim: int, horizon: int, scaling: str, multiplier: float = 1.0) -> float:
+    """H_target = −m · A · scale(H): SAC's −dim(action) heuristic (m = 1), for a chunk of H actions."""
+    return -multiplier * action_dim * ENTROPY_SCALINGS[scaling](horizon)
 
 
 def score_steps(q_steps: torch.Tensor, strategy: str, decay: float) -> torch.Tensor:
@@ -105,7 +118,10 @@ class ChunkSACAgent(ChunkAgent):
         super().__init__(dims, cfg, normalizer, total_steps)
         self.log_alpha = nn.Parameter(torch.tensor(math.log(self.cfg.init_alpha)))
         self.alpha_opt = adam([self.log_alpha], self.cfg.alpha_lr)
-        self.target_entropy = target_entropy(dims.action_dim, dims.horizon, self.cfg.entropy_scaling)
+        cfg = self.cfg
+        self.target_entropy = target_entropy(
+            dims.action_dim, dims.horizon, cfg.entropy_scaling, cfg.target_entropy_multiplier
+        )
 
     def alpha(self) -> torch.Tensor:
         """α = exp(log α), detached: the critic and actor losses do not move the temperature."""
@@ -120,10 +136,12 @@ class ChunkSACAgent(ChunkAgent):
     @torch.no_grad()
     def next_state_value(self, next_obs: torch.Tensor, batch: dict) -> torch.Tensor:
         """Soft value V(s′) = backup_k Q_k^targ(s′, a′) − α log π(a′ | s′), a′ ~ π(· | s′): `backup` min or
-        mean over the ensemble of the one sampled chunk (targets.py)."""
+        mean over the ensemble of the one sampled chunk (targets.py); without the entropy term when
+        `backup_entropy` is off."""
         next_chunk, log_prob, _ = self.actor(next_obs)
         target_q = self.critic_target(next_obs, self.critic_view(next_chunk)[:, None])  # (K, B, 1)
-        return backup_value(self.cfg.backup, target_q) - self.alpha() * log_prob
+        value = backup_value(self.cfg.backup, target_q)
+        return value - self.alpha() * log_prob if self.cfg.backup_entropy else value
 
     def critic_objective(self, obs, actions, next_obs, batch):
         """Σ_k mean [Q_k(s, a) − y]², y = R^(τ) + (1 − d) γ^τ V(s′) with the soft value above."""
@@ -135,14 +153,14 @@ class ChunkSACAgent(ChunkAgent):
     # ------------------------------------------------------------------ actor and temperature
 
     def policy_value(self, obs: torch.Tensor, chunk: torch.Tensor) -> torch.Tensor:
-        """Q̂(s, a) (B,) that the actor maximises: min over the ensemble, then the chunk or step strategy.
-        Gradients reach the chunk, not the critics' weights."""
+        """Q̂(s, a) (B,) that the actor maximises: `actor_q_agg` over the ensemble, then the chunk or step
+        strategy. Gradients reach the chunk, not the critics' weights."""
         if self.cfg.critic_input == "chunk":
-            return self.critic(obs, chunk, detach_params=True).min(dim=0).values
+            return aggregate(self.critic(obs, chunk, detach_params=True), self.cfg.actor_q_agg)
         strategy = self.cfg.actor_strategy
         steps = chunk[:, :1] if strategy == "standard" else chunk
         # Each action a_t as a length-1 candidate chunk at s: (B, H, 1, A), all steps in one critic call.
-        q_steps = self.critic(obs, steps[:, :, None, :], detach_params=True).min(dim=0).values  # (B, H)
+        q_steps = aggregate(self.critic(obs, steps[:, :, None, :], detach_params=True), self.cfg.actor_q_agg)
         return score_steps(q_steps, strategy, self.cfg.temporal_decay)
 
     def actor_objective(self, obs, actions, action_mask):
@@ -178,6 +196,7 @@ class ChunkSACAgent(ChunkAgent):
         loss = -self.log_alpha * (log_prob.detach() + self.target_entropy)
         self.alpha_opt.zero_grad(set_to_none=True)
         loss.backward()
+        self.share_gradients([self.log_alpha])
         self.alpha_opt.step()
         return {
             "alpha": alpha,

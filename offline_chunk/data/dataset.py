@@ -112,9 +112,11 @@ class OfflineRLDataset(Dataset):
         next_actions: bool = False,
         return_bounds: bool = False,
         state: dict | None = None,
+        shard: tuple[int, int] = (0, 1),
     ) -> StreamingSampler:
         """Batches as `sampler(images=True)`, the frames streamed from disk through a device buffer of
-        `budget_bytes` at most (data/streaming.py); `state`: a checkpointed sampler's, to resume from."""
+        `budget_bytes` at most (data/streaming.py); `state`: a checkpointed sampler's, to resume from; `shard`
+        (rank, ranks): one data-parallel process's share of the blocks."""
         if not self.lazy_frames:
             raise ValueError(
                 "streaming_sampler reads frames from disk: open the dataset with lazy_frames=True"
@@ -131,4 +133,5 @@ class OfflineRLDataset(Dataset):
             next_actions,
             return_bounds,
             state=state,
+            shard=shard,
         )

@@ -62,7 +62,8 @@ def window_bytes(frames: dict, block_rows: int, obs_horizon: int, horizon: int) 
 class StreamingSampler(ChunkSampler):
     """`ChunkSampler`'s batches with frames from a device buffer of `budget_bytes` at most; `frames` are
     the store's lazy (N, H, W, C) zarr arrays, `tensors` the in-memory rest (their `images` are replaced by
-    the resident ones). `state`: where a checkpointed sampler stood (`state()`)."""
+    the resident ones). `state`: where a checkpointed sampler stood (`state()`); `shard` (rank, ranks): the
+    blocks of one process of a data-parallel run (distributed.py), disjoint from the other processes'."""
 
     def __init__(
         self,
@@ -78,6 +79,7 @@ class StreamingSampler(ChunkSampler):
         return_bounds: bool = False,
         block_rows: int = BLOCK_ROWS,
         state: dict | None = None,
+        shard: tuple[int, int] = (0, 1),
     ):
         device = torch.device(device)
         self.frames, self.seed, self.block_rows = frames, int(seed), int(block_rows)
@@ -90,6 +92,13 @@ class StreamingSampler(ChunkSampler):
         # only blocks where transitions start enter the buffer (rows of episodes shorter than a chunk, with
         # drop_partial, start none): a resident set of such blocks alone would have nothing to draw
         self.blocks = np.flatnonzero(np.diff(self.block_offsets) > 0)
+        rank, ranks = shard  # a data-parallel run's process `rank` of `ranks` reads every ranks-th block
+        self.blocks = self.blocks[rank::ranks]
+        if len(self.blocks) == 0:
+            raise ConfigError(
+                f"process {rank} of {ranks} has no block of {block_rows} rows to stream: the store has "
+                f"fewer blocks than processes; train with fewer processes"
+            )
         self.window_rows = window_rows(block_rows, obs_horizon, horizon)
         needed = window_bytes(frames, block_rows, obs_horizon, horizon)
         fits = int(budget_bytes // needed)

@@ -17,6 +17,7 @@ import numpy as np
 from offline_chunk.agents import AGENTS
 from offline_chunk.errors import BenchmarkError, CheckpointError, ConfigError, DataError, DivergenceError
 from offline_chunk.harness.benchmark import PRESETS, REWARDS
+from offline_chunk.harness.speed import CONFIGS
 from offline_chunk.stopping import RunStopped
 
 DEFAULT_HORIZON = 5  # the Q-chunking paper's chunk length, used for the summary's chunk count
@@ -331,9 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     speed = commands.add_parser("bench", help="update speed: updates/s, time split, memory, FLOPs")
     speed.add_argument("--agent", default=",".join(AGENTS), help="comma-separated agents")
-    speed.add_argument(
-        "--config", default="default,matched", help="default, matched, gpu, qc, qc_cpu (comma-separated)"
-    )
+    speed.add_argument("--config", default="default,matched", help=f"{', '.join(CONFIGS)} (comma-separated)")
     speed.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     speed.add_argument("--blocks", type=int, default=5, help="timed blocks (median, min, max over them)")
     speed.add_argument("--block-updates", type=int, default=20, help="updates per timed block")

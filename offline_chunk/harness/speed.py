@@ -60,9 +60,10 @@ CONFIGS = {
     "qc": "qc",
     "qc_cpu": "qc_cpu",
     "published_cpu": "published_cpu",
+    "rlpd_ac": "rlpd_ac",
 }
 # Recipes are measured whole (backup, candidates, acting), not only their networks.
-RECIPES = ("qc", "qc_cpu", "published_cpu")
+RECIPES = ("qc", "qc_cpu", "published_cpu", "rlpd_ac")
 
 
 def synthetic_dataset(horizon: int = 5, cameras: str = "") -> OfflineRLDataset:

@@ -44,6 +44,9 @@ class CriticConfig(Section):
     """mlp only (QC: 4 x 512, GELU, LayerNorm)"""
     layer_norm: bool = True
     """mlp only"""
+    mlp_style: Literal["qc", "rlpd"] = "qc"
+    """mlp only: qc: Dense -> GELU -> LayerNorm (QC's critic) | rlpd: Dense -> LayerNorm -> ReLU (RLPD-AC's,
+    Q-chunking's rlpd_networks/mlp.py)"""
 
 
 class ChunkCritic(nn.Module):
@@ -92,9 +95,12 @@ class MLPChunkCritic(nn.Module):
         horizon: int,
         hidden_dims: Sequence[int] = (512, 512, 512, 512),
         layer_norm: bool = True,
+        mlp_style: str = "qc",
     ):
         super().__init__()
-        self.trunk = SplitInputMLP([obs_dim * obs_horizon, action_dim * horizon], hidden_dims, layer_norm)
+        self.trunk = SplitInputMLP(
+            [obs_dim * obs_horizon, action_dim * horizon], hidden_dims, layer_norm, style=mlp_style
+        )
         self.value = xavier_dense(hidden_dims[-1], 1)
 
     def forward(self, obs: torch.Tensor, chunk: torch.Tensor) -> torch.Tensor:

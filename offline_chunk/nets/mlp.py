@@ -1,7 +1,11 @@
-"""Q-chunking's MLP (github ColinQiyangLi/qc, utils/networks.py `MLP`), the trunk of its critic (`Value`)
-and of its flow actor (`ActorVectorField`): each hidden layer Dense -> GELU (tanh approximation, flax's
-default) [-> LayerNorm, eps 1e-6 as flax's]; kernels Xavier-uniform (flax variance_scaling(1, fan_avg,
-uniform)), biases 0.
+"""Q-chunking's MLPs (github ColinQiyangLi/qc), the trunks of its critics and actors, in two styles:
+
+- `qc` (utils/networks.py `MLP`: QC's critic `Value` and flow actor `ActorVectorField`): each hidden layer
+  Dense -> GELU (tanh approximation, flax's default) [-> LayerNorm];
+- `rlpd` (rlpd_networks/mlp.py `MLP`: RLPD-AC's critic ensemble and tanh-Gaussian actor, agents/acrlpd.py):
+  each hidden layer Dense [-> LayerNorm] -> ReLU.
+
+LayerNorm eps 1e-6 as flax's; kernels Xavier-uniform (flax variance_scaling(1, fan_avg, uniform)), biases 0.
 
 The input is a concatenation of parts, e.g. [observation, chunk] or [observation, noisy chunk, time]. The
 first Dense is split into one Dense per part, W [x_1; x_2] = W_1 x_1 + W_2 x_2, so that a part shared by
@@ -13,6 +17,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -32,8 +37,17 @@ class SplitInputMLP(nn.Module):
     output Dense (`xavier_dense`). `project(i, x)` is the first Dense's share of part i (part 0 carries
     the bias); `forward(first)` runs the hidden layers from the summed shares."""
 
-    def __init__(self, part_widths: Sequence[int], hidden_dims: Sequence[int], layer_norm: bool):
+    def __init__(
+        self,
+        part_widths: Sequence[int],
+        hidden_dims: Sequence[int],
+        layer_norm: bool,
+        style: Literal["qc", "rlpd"] = "qc",
+    ):
         super().__init__()
+        if style not in ("qc", "rlpd"):
+            raise ValueError(f"MLP style must be qc or rlpd, got {style!r}")
+        self.style = style
         self.parts = nn.ModuleList(
             nn.Linear(width, hidden_dims[0], bias=index == 0) for index, width in enumerate(part_widths)
         )
@@ -56,8 +70,13 @@ class SplitInputMLP(nn.Module):
     def project(self, index: int, x: torch.Tensor) -> torch.Tensor:
         return self.parts[index](x)
 
+    def activate(self, x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
+        if self.style == "qc":
+            return norm(F.gelu(x, approximate="tanh"))
+        return F.relu(norm(x))
+
     def forward(self, first: torch.Tensor) -> torch.Tensor:
-        x = self.norms[0](F.gelu(first, approximate="tanh"))
+        x = self.activate(first, self.norms[0])
         for layer, norm in zip(self.hidden, self.norms[1:], strict=True):
-            x = norm(F.gelu(layer(x), approximate="tanh"))
+            x = self.activate(layer(x), norm)
         return x

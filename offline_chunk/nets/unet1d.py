@@ -54,7 +54,7 @@ class ChunkConv1d(nn.Conv1d):
         tap = steps[None, :] - stride * torch.arange(out_length, device=x.device)[:, None] + padding
         inside = (tap >= 0) & (tap < kernel)
         taps = torch.index_select(self.weight, -1, tap.clamp(0, kernel - 1).flatten())
-        taps = taps.unflatten(-1, (out_length, length)) * inside  # (C_out, C_in, L_out, L)
+        taps = torch.where(inside, taps.unflatten(-1, (out_length, length)), 0.0)  # (C_out, C_in, L_out, L)
         matrix = rearrange(taps, "o c j i -> (j o) (i c)")
         bias = None if self.bias is None else self.bias.repeat(out_length)
         return F.linear(x.flatten(-2), matrix, bias).unflatten(-1, (out_length, self.out_channels))
@@ -66,21 +66,19 @@ def group_norm_steps(
     """Group normalisation of a steps-last sequence (B, L, C), written out: each group of C / G channels is
     normalised over its channels and all L steps, then scaled and shifted per channel."""
     grouped = x.unflatten(-1, (num_groups, -1))  # (B, L, G, C / G)
-    var, mean = torch.var_mean(grouped, dim=(-3, -1), keepdim=True, correction=0)
-    return ((grouped - mean) * torch.rsqrt(var + eps)).flatten(-2) * weight + bias
+    # two means rather than torch.var_mean, whose eager kernel over two strided axes ran 2.5x slower here
+    centered = grouped - grouped.mean(dim=(-3, -1), keepdim=True)
+    var = centered.square().mean(dim=(-3, -1), keepdim=True)
+    return (centered * torch.rsqrt(var + eps)).flatten(-2) * weight + bias
 
 
 class StepGroupNorm(nn.GroupNorm):
-    """nn.GroupNorm's parameters and result on a steps-last sequence (B, L, C)."""
+    """nn.GroupNorm's parameters and result on a steps-last sequence (B, L, C), written out
+    (`group_norm_steps`) so that, compiled, inductor fuses it with the FiLM and Mish around it. One form
+    for eager and compiled runs: both compute the same update."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.compiler.is_compiling():  # written out, so that inductor fuses it with FiLM and Mish
-            return group_norm_steps(x, self.num_groups, self.weight, self.bias, self.eps)
-        # eager: the library kernel, channels first (the written-out form's reduction over two strided
-        # axes ran slower there)
-        return F.group_norm(x.transpose(-1, -2), self.num_groups, self.weight, self.bias, self.eps).transpose(
-            -1, -2
-        )
+        return group_norm_steps(x, self.num_groups, self.weight, self.bias, self.eps)
 
 
 def _groups(channels: int, n_groups: int) -> int:
