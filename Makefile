@@ -38,7 +38,7 @@ help:
 	@echo "make eval CKPT=... [EPISODES=50] [EXECUTE=k] [WORKERS=2] [ARGS=...]  rollouts in the simulator"
 	@echo "make finetune CKPT=... [STEPS=50000] [UTD=1] [ENVS=1] [ARGS=...]  continue online in the simulator"
 	@echo "make online [AGENT=chunk_sac] [DATASET=...] [STEPS=100000] [UTD=1] [RUN=...] [key=value ...]  an untrained agent online (RLPD)"
-	@echo "make benchmark [TASK=...] [AGENT=a,b] [SEEDS=0,1,2] [JOBS=2] [STEPS=...] [BENCH=quick|paper|qc|qc-cpu] [REWARD=paper|sparse|ogbench] [LAUNCHER=local|ray]"
+	@echo "make benchmark [TASK=...] [AGENT=a,b] [SEEDS=0,1,2] [JOBS=2] [STEPS=...] [BENCH=quick|paper|qc|qc-cpu|published-cpu] [REWARD=paper|sparse|ogbench] [LAUNCHER=local|ray]"
 	@echo "make test                       fast CPU test suite (what CI runs)"
 	@echo "make test-portability           the same suite under 2 CPU kernel sets x 1 and 2 threads"
 	@echo "make lock                       re-resolve the newest versions into $(LOCK)"
