@@ -117,8 +117,8 @@ class Learner:
         calls it; rank 0 writes it with every rank's random-number states and stream positions."""
         stream = {"stream": self.sampler.state()} if hasattr(self.sampler, "state") else {}
         path = self.run_dir / "checkpoints" / name
-        ranks = self.group.gather({"rng": rng_state(self.sampler.generator), **stream})
         if self.group.parallel:
+            ranks = self.group.gather({"rng": rng_state(self.sampler.generator), **stream})
             extra = {**(extra or {}), "processes": self.group.size, "ranks": ranks}
         if not self.group.main:
             return path
