@@ -160,3 +160,29 @@ def test_an_unreachable_cluster_is_one_line_and_nothing_trains(tmp_path, monkeyp
     assert error.startswith("error: no Ray cluster at 127.0.0.1:1") and error.count("\n") == 1
     assert time.monotonic() - started < 10 and not ray.is_initialized()
     assert not any(tmp_path.glob("*seed*"))  # nothing trained
+
+
+def test_the_loss_of_the_whole_cluster_is_one_line_that_keeps_the_finished_runs(
+    tmp_path, local_ray, monkeypatch
+):
+    """The head (or the connection to it) lost mid-sweep: ray.wait raises RaySystemError. The benchmark
+    stops with one line saying what is kept; the run that had finished keeps its final checkpoint."""
+    store = chain_store(tmp_path / "chain.zarr")
+    runs = planned(store, tmp_path / "ray", 20)
+    real_wait, calls = ray.wait, []
+
+    def wait_then_lose_the_cluster(refs, **kwargs):
+        ready, rest = real_wait(refs, **kwargs)
+        calls.append(len(ready))
+        if sum(calls) >= 1 and len(refs) < len(runs):  # one run finished: now the cluster goes
+            raise ray.exceptions.RaySystemError("the GCS at 10.0.0.1:6379 is unreachable")
+        return ready, rest
+
+    monkeypatch.setattr(ray, "wait", wait_then_lose_the_cluster)
+    with pytest.raises(BenchmarkError) as lost:
+        run_all_on_ray(runs, jobs=2)
+    message = str(lost.value)
+    assert message.startswith("lost the local Ray (RaySystemError: ") and "\n" not in message
+    assert "1 run(s) had finished and are kept" in message
+    finished = [run for run in runs if (run.run_dir / "checkpoints" / "final.pt").exists()]
+    assert len(finished) >= 1

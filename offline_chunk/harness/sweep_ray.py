@@ -110,7 +110,7 @@ def run_all_on_ray(
             print(f"submitted    {run.label} seed {run.seed} -> {run.run_dir}")
             active[task.remote(run, threads, os.getcwd())] = run
         while active and not stop.requested:
-            ready, _ = ray.wait(list(active), num_returns=1, timeout=1.0)
+            ready = wait_for_one(ray, list(active), address, len(pending) - len(active))
             for ref in ready:
                 run = active.pop(ref)
                 failure = task_failure(ray, ref)
@@ -122,6 +122,20 @@ def run_all_on_ray(
                 ray.cancel(ref, force=True)
             raise stop.stopped("stopped; the same command resumes every run from its last checkpoint")
     return failed
+
+
+def wait_for_one(ray: ModuleType, refs: list, address: str | None, finished: int) -> list:
+    """The tasks among `refs` that ended within a second; the loss of the whole cluster (its head or its
+    connection) is one line that says what is kept: the runs that finished, and every run's checkpoints."""
+    try:
+        ready, _ = ray.wait(refs, num_returns=1, timeout=1.0)
+    except (ray.exceptions.RaySystemError, ConnectionError) as exc:
+        where = f"the Ray cluster at {address}" if address else "the local Ray"
+        raise BenchmarkError(
+            f"lost {where} ({type(exc).__name__}: {str(exc).strip().splitlines()[0]}); {finished} run(s) had "
+            "finished and are kept, the others resume from their last checkpoints with the same command"
+        ) from None
+    return ready
 
 
 def task_failure(ray: ModuleType, ref) -> str | None:
