@@ -41,12 +41,12 @@ def store(tmp_path_factory):
     return row_coded_store(tmp_path_factory.mktemp("stream") / "rows.zarr")
 
 
-def streaming(store, budget_blocks=3, seed=0, horizon=3, obs_horizon=2, block_rows=256):
+def streaming(store, budget_blocks=3, seed=0, horizon=3, obs_horizon=2, block_rows=256, shard=(0, 1)):
     dataset = OfflineRLDataset(store, horizon, obs_horizon, gamma=0.9, lazy_frames=True)
     per_block = window_bytes(dataset.data.images, block_rows, obs_horizon, horizon)
     sampler = StreamingSampler(
         dataset.tensors, dataset.data.images, budget_blocks * per_block, 64, horizon, obs_horizon, "cpu",
-        seed=seed, block_rows=block_rows,
+        seed=seed, block_rows=block_rows, shard=shard,
     )  # fmt: skip
     return dataset, sampler
 
@@ -126,6 +126,20 @@ def test_a_pass_reaches_every_block_and_draws_only_resident_ones(store):
             assert set(starts.tolist()) <= resident
         seen |= set(starts.tolist())
     assert seen == set(range(sampler.num_blocks))
+
+
+def test_the_processes_of_a_data_parallel_run_stream_disjoint_blocks_that_cover_the_store(store):
+    """Rank r of 2 draws only from its own blocks (r, r + 2, ...), and the two together reach every block."""
+    seen = []
+    for rank in (0, 1):
+        _, sampler = streaming(store, seed=rank, shard=(rank, 2))
+        starts = set()
+        for _ in range(sampler.num_blocks * sampler.swap_every):
+            batch = sampler.sample()
+            starts |= set((batch["observations"][:, -1, 0].long() // sampler.block_rows).tolist())
+        assert starts and all(block % 2 == rank for block in starts)
+        seen.append(starts)
+    assert seen[0] | seen[1] == set(range(sampler.num_blocks))
 
 
 def test_a_restored_sampler_continues_exactly(store):
