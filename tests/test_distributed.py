@@ -16,6 +16,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from helpers import chain_store, tiny_config
 
+from offline_chunk import load_agent
 from offline_chunk.agents import Dims, make_agent
 from offline_chunk.checkpoint import read_checkpoint
 from offline_chunk.config import load_config
@@ -130,6 +131,7 @@ def test_torchrun_trains_writes_one_set_of_outputs_and_resumes_exactly(tmp_path)
     assert len(list((run / "tb").iterdir())) == 1  # one TensorBoard event file
     final = read_checkpoint(run / "checkpoints" / "final.pt")
     assert final["processes"] == 2 and len(final["ranks"]) == 2
+    assert load_agent(run / "checkpoints" / "final.pt").num_updates == 6  # loads in one process
     # the two ranks sampled from different streams
     assert not torch.equal(final["ranks"][0]["rng"]["sampler"], final["ranks"][1]["rng"]["sampler"])
 
