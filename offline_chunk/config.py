@@ -150,10 +150,8 @@ def _apply(cfg: dict, update: dict, source: str, valid: list[str], elsewhere: se
             raise _unknown(source, dotted, valid)
         if isinstance(value, dict) and isinstance(cfg[key], dict):
             kind = value.get("kind", cfg[key].get("kind"))
-            if (
-                kind != cfg[key].get("kind") and kind in POLICY_CONFIGS
-            ):  # another kind of policy: its defaults
-                cfg[key] = POLICY_CONFIGS[kind]().model_dump()
+            if kind != cfg[key].get("kind") and kind in POLICY_CONFIGS:
+                cfg[key] = POLICY_CONFIGS[kind]().model_dump()  # another kind of policy: from its defaults
             _apply(cfg[key], value, source, valid, elsewhere, dotted + ".")
         else:
             cfg[key] = copy.deepcopy(value)

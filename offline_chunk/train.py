@@ -341,7 +341,8 @@ def build_run(
         dims = Dims(dataset.obs_dim, cfg.obs_horizon, dataset.action_dim, cfg.horizon, dataset.image_shapes)
         normalizer = Normalizer.from_data(dataset.data)
         agent = make_agent(cfg.agent, dims, normalizer, cfg.steps).to(device)
-        torch.manual_seed(group.seed(cfg.seed))  # the losses' noise: rank 0 the plain run's stream
+        if group.rank:  # the losses' noise: rank 0 goes on with the plain run's stream, the others their own
+            torch.manual_seed(group.seed(cfg.seed))
         step = 0
     else:
         dims = Dims(**resume["dims"])

@@ -160,3 +160,20 @@ def test_the_global_batch_must_divide_among_the_processes():
     assert Group(1, 4).local_batch(256) == 64
     with pytest.raises(ValueError, match="multiple of 3"):
         Group(0, 3).local_batch(256)
+
+
+def test_a_plain_run_keeps_its_random_stream_and_rank_1_draws_its_own(tmp_path):
+    """Only ranks r > 0 reseed after building the agent: a plain run's losses draw on from where the
+    agent's initialisation left the seeded stream, as before data-parallel runs existed."""
+    from offline_chunk.train import build_run
+
+    store = chain_store(tmp_path / "chain.zarr")
+    cfg = tiny_config("td3bc", store, tmp_path / "run", "seed=5")
+    build_run(cfg)
+    plain = torch.get_rng_state()
+    torch.manual_seed(5)
+    assert not torch.equal(plain, torch.get_rng_state())  # initialisation drew from it; nothing reseeded
+    build_run(cfg, group=Group(1, 2))
+    rank_1 = torch.get_rng_state()
+    torch.manual_seed(5 + 2**32)
+    assert torch.equal(rank_1, torch.get_rng_state())
