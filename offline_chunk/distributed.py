@@ -12,9 +12,11 @@
   batches, the average of the ranks' mean-loss gradients is the gradient of the mean loss over the union
   of their batches, so every rank takes the same step from the same state: parameters, targets, optimizer
   states and the normalizer stay identical without being broadcast (the agents are built from the same
-  seed on every rank). What is not a mean over rows is each rank's own, as DistributedDataParallel's
-  BatchNorm without SyncBatchNorm: the normaliser mean|Q| of TD3+BC's and of the Diffusion-QL/CPQL Q term,
-  and random draws inside the losses (noise levels, the critic the Q term reads).
+  seed on every rank). The batch statistics in the losses, the normaliser mean|Q| of TD3+BC's weight λ and
+  of the Diffusion-QL/CPQL Q term, are means over the union of the ranks' batches (`Group.batch_mean`, an
+  all-reduce inside the compiled objective), so one update of N processes is one update on their union.
+  What stays each rank's own are the random draws inside the losses: per row (noise levels, target policy
+  noise), as a larger batch would draw them, and the one critic the Q term reads, drawn per rank.
 - Outputs: rank 0 alone writes checkpoints (with every rank's random-number state), TensorBoard,
   config.yaml and evaluations; the metrics it logs are the means over the ranks. A run resumes with the
   number of processes it was trained with.
@@ -28,6 +30,7 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+import torch.distributed._functional_collectives as funcol
 
 RANK_SEED_STRIDE = 2**32  # rank r samples with seed + r · 2^32: apart from every plain run's seed
 
@@ -72,6 +75,14 @@ class Group:
         dist.all_reduce(largest, op=dist.ReduceOp.MAX)
         means = dict(zip(keys, (summed / self.size).tolist(), strict=True))
         return {**means, **dict(zip(maxima, largest.tolist(), strict=True))}
+
+    def batch_mean(self, value: torch.Tensor) -> torch.Tensor:
+        """A mean over this rank's batch -> the mean over the union of the ranks' (equal) batches: the mean
+        of the ranks' values, by an all-reduce that torch.compile traces (functional collectives), without
+        gradient (the normalisers that use it are detached)."""
+        if not self.parallel:
+            return value
+        return funcol.all_reduce(value.detach(), "sum", dist.group.WORLD) / self.size
 
     def any(self, flag: bool) -> bool:
         """Whether `flag` holds on any rank (a stop requested on one stops all at the same update)."""

@@ -18,6 +18,7 @@ from helpers import chain_store, tiny_config
 
 from offline_chunk import load_agent
 from offline_chunk.agents import Dims, make_agent
+from offline_chunk.agents.losses import normalized_q_loss
 from offline_chunk.checkpoint import read_checkpoint
 from offline_chunk.config import load_config
 from offline_chunk.data.normalize import Normalizer
@@ -65,6 +66,13 @@ def batch_of(rows: int, seed: int) -> dict:
     }
 
 
+def q_values(rank: int) -> torch.Tensor:
+    """Two equal critic rows (K = 2, B = 4) of rank `rank`: the Q term reads the same values whichever
+    member it draws."""
+    rows = [[-1.0, -3.0, 2.0, -4.0], [2.0, -2.0, -1.0, -7.0]]
+    return torch.tensor(rows[rank], dtype=torch.float64).expand(2, 4)
+
+
 def two_process_update(rank: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -72,8 +80,11 @@ def two_process_update(rank: int, port: int, out: str) -> None:
     agent = fresh_agent()
     agent.group = Group(rank, 2)
     agent.update(batch_of(BATCH, seed=rank))  # each rank its own half
+    q_loss = normalized_q_loss(q_values(rank), Group(rank, 2))
+    summed = q_loss.clone()
+    dist.all_reduce(summed)
     if rank == 0:
-        torch.save(agent.state_dict(), out)
+        torch.save({"agent": agent.state_dict(), "q_loss": summed / 2}, out)
     dist.destroy_process_group()
 
 
@@ -83,21 +94,29 @@ def test_two_processes_update_as_one_process_on_the_union_of_their_batches(tmp_p
     single = fresh_agent()
     halves = [batch_of(BATCH, seed=rank) for rank in (0, 1)]
     single.update({key: torch.cat([h[key] for h in halves]) for key in halves[0]})
-    parallel = torch.load(out)
+    saved = torch.load(out)
+    parallel = saved["agent"]
     # The critics' loss is a mean over the batch's rows, so the mean of the two processes' gradients is the
-    # union's gradient. (The actor's TD3+BC weight λ = α / mean|Q| is a statistic of each process's own
-    # rows, as distributed.py says: the actor, and the critics' later updates whose targets it acts in,
-    # are not compared.) In float64 the two gradients differ by ~1e-16 of their summed magnitudes; Adam's
-    # first step, lr g / (|g| + ε), turns a gradient difference δ into a step difference of at most
-    # lr δ / ε = 3e-4 δ / 1e-8, so the critics and their targets agree within 1e-9 wherever the gradients'
-    # terms stay below ~1e3 (these nets' are O(1)); had the processes not averaged their gradients, rank 0
-    # would have followed its own half, about lr away.
-    critics = [name for name in parallel if name.startswith(("critic.", "critic_target."))]
-    for name in critics:
-        torch.testing.assert_close(parallel[name], single.state_dict()[name], rtol=0, atol=1e-9, msg=name)
+    # union's gradient; the actor's loss too, once its TD3+BC weight λ = α / mean|Q| is taken over the
+    # union (Group.batch_mean). In float64 the two gradients differ by ~1e-16 of their summed magnitudes;
+    # Adam's first step, lr g / (|g| + ε), turns a gradient difference δ into a step difference of at most
+    # lr δ / ε = 3e-4 δ / 1e-8, so every network and target agrees within 1e-9 wherever the gradients'
+    # terms stay below ~1e3 (these nets' are O(1)); had the processes not averaged their gradients, or
+    # each used its own λ, rank 0 would have followed its own half, about lr away.
+    for name, value in single.state_dict().items():
+        torch.testing.assert_close(parallel[name], value, rtol=0, atol=1e-9, msg=name)
     differs = fresh_agent()
     differs.update(batch_of(BATCH, seed=0))
-    assert any((differs.state_dict()[name] - parallel[name]).abs().max() > 1e-5 for name in critics)
+    for part in ("critic.", "actor."):
+        names = [name for name in parallel if name.startswith(part)]
+        assert any((differs.state_dict()[name] - parallel[name]).abs().max() > 1e-5 for name in names)
+    # The Q term's normaliser, by hand: the ranks' rows have means −1.5 and −2 and mean magnitudes 2.5 and
+    # 3, so mean|Q| over the union is 2.75 and the ranks' losses 1.5/2.75 and 2/2.75 average to 1.75/2.75,
+    # the union batch's loss (each rank normalising alone: (0.6 + 2/3)/2, 0.003 away).
+    union = torch.cat([q_values(0), q_values(1)], dim=1)
+    by_hand = 1.75 / 2.75
+    torch.testing.assert_close(normalized_q_loss(union).item(), by_hand, rtol=0, atol=1e-12)
+    torch.testing.assert_close(saved["q_loss"].item(), by_hand, rtol=0, atol=1e-12)
 
 
 def torchrun_train(tmp_path: Path, run: Path, *args: str, processes: int = 2) -> subprocess.CompletedProcess:

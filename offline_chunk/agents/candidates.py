@@ -103,7 +103,7 @@ class CandidateChunkAgent(ChunkAgent):
         if self.cfg.eta == 0:
             return torch.zeros((), device=obs.device)
         chunk = self.actor.sample(obs, keep_graph=True)
-        return normalized_q_loss(self.critic(obs, chunk, detach_params=True))  # q: (K, B)
+        return normalized_q_loss(self.critic(obs, chunk, detach_params=True), self.group)  # q: (K, B)
 
     def choose_chunk(self, obs: torch.Tensor) -> torch.Tensor:
         """N candidate chunks are sampled and one is chosen by Q: `act.critic` (online or target critics),

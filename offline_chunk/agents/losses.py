@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import torch
 
+from offline_chunk.distributed import SINGLE, Group
 
-def normalized_q_loss(q: torch.Tensor) -> torch.Tensor:
+
+def normalized_q_loss(q: torch.Tensor, group: Group = SINGLE) -> torch.Tensor:
     """−Q_k(s, â) / mean|Q_j(s, â)| from the critics' values q (K, B) of the actor's chunks: k drawn at
-    random, j the next member, the normaliser detached (Diffusion-QL and CPQL official code). Indexing by
-    device tensors: no host synchronisation."""
+    random, j the next member, the normaliser detached (Diffusion-QL and CPQL official code) and taken over
+    the union of a data-parallel run's batches (`group`). Indexing by device tensors: no host
+    synchronisation."""
     k = torch.randint(q.shape[0], (1,), device=q.device)
     other = (k + 1) % q.shape[0]
-    return -q.index_select(0, k).mean() / q.index_select(0, other).abs().mean().detach()
+    return -q.index_select(0, k).mean() / group.batch_mean(q.index_select(0, other).abs().mean()).detach()
 
 
 def bc_and_q_loss(

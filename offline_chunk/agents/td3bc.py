@@ -95,11 +95,12 @@ class TD3BCAgent(ChunkAgent):
         )
 
     def actor_objective(self, obs, actions, action_mask):
-        """−λ Q_1(s, π(s)) + ‖π(s) − a_data‖², λ = α / mean|Q_1| (detached)."""
+        """−λ Q_1(s, π(s)) + ‖π(s) − a_data‖², λ = α / mean|Q_1| (detached; over a data-parallel run's
+        union batch)."""
         with self.autocast():
             chunk = self.actor(obs)
             q = self.critic(obs, chunk, detach_params=True)[0]  # Q_1 (the paper's code); no grads to critics
-            lam = self.cfg.alpha / q.abs().mean().detach()
+            lam = self.cfg.alpha / self.group.batch_mean(q.abs().mean()).detach()
             q_loss = -q.mean()
             bc_loss = per_sample_mean((chunk - actions).pow(2), action_mask).mean()
             return float32(
