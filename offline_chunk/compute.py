@@ -1,6 +1,6 @@
-"""How the networks compute, apart from what they compute: on which device (`pick_device`), and
-torch.compile of an agent's loss computations and bf16 autocast of its network passes
-(`ChunkAgent.configure_compute`).
+"""How the networks compute, apart from what they compute: on which device (`pick_device`), with how many
+CPU threads (`FreeCoreThreads`), and torch.compile of an agent's loss computations and bf16 autocast of its
+network passes (`ChunkAgent.configure_compute`).
 
 - compile: `auto` compiles on CUDA only; `true` compiles on any device (inductor generates C++ on the CPU,
   which needs a compiler and, on 2 cores, about 3 minutes per agent); `false` runs eagerly. Inductor's
@@ -15,8 +15,11 @@ torch.compile of an agent's loss computations and bf16 autocast of its network p
 from __future__ import annotations
 
 import contextlib
+import os
+import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -66,3 +69,60 @@ class CompiledWithFallback:
                 )
                 self.compiled = None
         return self.fn(*args)
+
+
+class FreeCoreThreads:
+    """A CPU run's intra-op threads = the cores of its affinity mask that other processes leave free: over a
+    short window when the run starts and, for an eager run, again at every `follow()` (the training loops
+    call it at each log interval). A run with one thread per core beside a busy neighbour waits at every
+    parallel region for the thread that shares a core with it: on the 2-core machine cpql's default run fell
+    to 0.32x of its speed alone beside one spinning process, and ran at 0.77x following the free cores
+    (benchmarks/busy_neighbour.py, benchmarks/RESULTS.md). Others' load is the busy time of those cores
+    (/proc/stat) less this process's own CPU time, over the interval; their cores (rounded) are left to
+    them, at least one thread kept. A compiled run keeps the count it starts with (torch.compile guards on
+    the thread count: each new count compiles the update again). Never changed where the user chose:
+    OMP_NUM_THREADS set (torchrun sets it, and `benchmark` for its runs), or not on a Linux CPU."""
+
+    def __init__(self, device: torch.device, compiled: bool, window_s: float = 0.25):
+        self.cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        self.active = (
+            device.type == "cpu"
+            and "OMP_NUM_THREADS" not in os.environ
+            and len(self.cpus) > 1
+            and Path("/proc/stat").exists()
+        )
+        self.ticks_per_s = os.sysconf("SC_CLK_TCK") if self.active else 100
+        if self.active:
+            self.mark = self.read()
+            time.sleep(window_s)  # others' load before this run's own work starts
+            self.follow()
+        self.active = self.active and not compiled
+
+    def read(self) -> tuple[float, float, float]:
+        """(wall seconds, busy seconds of this process's cores, this process's CPU seconds) now."""
+        busy = 0
+        with open("/proc/stat") as stat:
+            for line in stat:
+                name, *ticks = line.split()
+                if name[3:].isdigit() and name.startswith("cpu") and int(name[3:]) in self.cpus:
+                    # user nice system idle iowait irq softirq steal: all but idle and iowait are taken
+                    values = [int(t) for t in ticks[:8]]
+                    busy += sum(values) - values[3] - values[4]
+        own = os.times()
+        return time.perf_counter(), busy / self.ticks_per_s, own.user + own.system
+
+    def restart(self) -> None:
+        """Forget the interval so far (its load was this run's own evaluation workers)."""
+        if self.active:
+            self.mark = self.read()
+
+    def follow(self) -> int:
+        """Threads set to the cores others left free over the interval since the last call; returns them."""
+        if self.active:
+            now = self.read()
+            wall, busy, own = (b - a for a, b in zip(self.mark, now, strict=True))
+            self.mark = now
+            if wall > 0.05:
+                others = max(0.0, busy - own) / wall  # cores' worth of other processes' work
+                torch.set_num_threads(max(1, len(self.cpus) - round(others)))
+        return torch.get_num_threads()

@@ -35,7 +35,7 @@ from offline_chunk.checkpoint import (
     save_checkpoint,
     store_provenance,
 )
-from offline_chunk.compute import pick_device
+from offline_chunk.compute import FreeCoreThreads, compile_enabled, pick_device
 from offline_chunk.config import RunConfig
 from offline_chunk.data.dataset import OfflineRLDataset
 from offline_chunk.data.normalize import Normalizer
@@ -74,6 +74,8 @@ class Learner:
         self.last_interval = 0  # its updates
         self.train_seconds = 0.0  # wall time spent updating (evaluations excluded), over every resumed part
         self.writer: SummaryWriter | None = None  # <run>/tb, opened by the loop
+        device = next(agent.parameters()).device
+        self.threads = FreeCoreThreads(device, compile_enabled(cfg.compile, device))  # the free cores
 
     def open_writer(self) -> SummaryWriter | NullWriter:
         """<run>/tb's TensorBoard writer (rank 0's; the other ranks' writes go nowhere)."""
@@ -86,11 +88,13 @@ class Learner:
 
     def read_metrics(self, at: int, **scalars: float) -> dict[str, float]:
         """The metrics' means since the last read, in one transfer, checked by the divergence guard, then
-        written to TensorBoard at step `at` with the learning rates and `scalars`."""
+        written to TensorBoard at step `at` with the learning rates, `scalars` and the CPU threads the next
+        interval runs with (FreeCoreThreads)."""
         self.last_interval = self.log.counts.get("critic/loss", 0)  # updates the means are over
         means = self.group.mean(self.log.read(), maxima=("guard/q_abs_max",))  # over the ranks
         self.check_divergence(means, at)
         self.last_metrics = means
+        scalars = {**scalars, "perf/threads": self.threads.follow()}
         for key, value in {**means, **self.agent.learning_rates(), **scalars}.items():
             self.writer.add_scalar(key, value, at)
         return means
@@ -136,7 +140,9 @@ class Learner:
     def record_evaluation(self, report: dict, at: int, **columns) -> None:
         """An evaluation report into TensorBoard at step `at` and a row of <run>/evaluations.csv (what `make
         benchmark` reads): `columns` (the phase's counters) first, then the success rate with its 95%
-        interval and the mean return."""
+        interval and the mean return. The evaluation's workers were this run's, not others' load on the cores
+        (FreeCoreThreads)."""
+        self.threads.restart()
         low, high = report["success_ci95"]
         scores = {
             "success_rate": report["success_rate"],
