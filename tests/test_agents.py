@@ -45,18 +45,11 @@ def hand_batch():
         # over critics. The other order (per candidate the min, [[4, 3], [1, 0], [8, -2]], then the max)
         # gives 4 for state 0: the two orders differ there.
         ("max_of_n", "min", [5.0, 1.0, 8.0]),
-        # QC: online mean per candidate [[0, 9], [1, 1], [2.5, 4.5]] -> j* = [1, 0 (a tie: the first), 1];
-        # target mean there: [(6 + 3) / 2, (1 + 7) / 2, (-2 + 0) / 2]
-        ("best_of_n", "mean", [4.5, 4.0, -1.0]),
-        # with min: online min [[0, 9], [1, 1], [0, 0]] -> j* = [1, 0, 0]; target min there [3, 1, 8]
-        ("best_of_n", "min", [3.0, 1.0, 8.0]),
     ],
 )
 def test_chunk_targets_by_hand(backup, agg, next_value):
     single = backup in ("min", "mean")
-    target_q = TARGET_Q[..., :1] if single else TARGET_Q
-    online_q = ONLINE_Q if backup == "best_of_n" else None
-    value = backup_value(backup, target_q, online_q, agg)
+    value = backup_value(backup, TARGET_Q[..., :1] if single else TARGET_Q)
     np.testing.assert_allclose(value.numpy(), next_value)
     y = chunk_target(hand_batch(), value)
     # y = R + (1 - d) γ^τ V: the done row keeps only its reward.

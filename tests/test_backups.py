@@ -16,14 +16,16 @@ CANDIDATES = (10 * torch.arange(3.0)[:, None] + torch.arange(2.0))[..., None, No
 
 
 class FixedCritics(nn.Module):
-    """Critics whose values (K, B, N) are given, whatever the input."""
+    """Critics whose values (K, B, N) of the candidates are given: chunks (B, n, H, A) of CANDIDATES, any n
+    of them per state, get values[:, b, j], j read from the chunk (10 b + j)."""
 
     def __init__(self, values: torch.Tensor):
         super().__init__()
         self.values = values
 
     def forward(self, obs, chunks, detach_params=False):
-        return self.values
+        j = (chunks[:, :, 0, 0] - 10 * torch.arange(len(chunks))[:, None]).long()  # (B, n)
+        return self.values.gather(2, j.expand(self.values.shape[0], -1, -1))
 
 
 class FixedCandidates(nn.Module):

@@ -110,3 +110,18 @@ def test_trained_flow_samples_both_modes_not_their_mean():
     upper, lower = samples[first > 0], samples[first <= 0]
     assert len(upper) >= 10 and len(lower) >= 10
     assert (upper.mean() - 0.5).abs() < 0.2 and (lower.mean() + 0.5).abs() < 0.2
+
+
+def test_gelu_is_the_tanh_approximation_to_float32_rounding():
+    """nets/mlp.py's gelu_tanh, x σ(2z), against torch's tanh-form GELU in float64. Bound: the argument 2z
+    carries ≤ 5 roundings relative to |2z| and σ' (t) |t| ≤ 0.23, so it moves σ by ≤ 1.2 u; σ itself is within
+    4 u (exp within an ulp, then one addition and one division); the product adds u: ≤ 6.2 u |x| in all,
+    u = 2^-24, on any CPU and kernel."""
+    from offline_chunk.nets.mlp import gelu_tanh
+
+    x = torch.linspace(-12.0, 12.0, 200_001)
+    reference = torch.nn.functional.gelu(x.double(), approximate="tanh")
+    error = (gelu_tanh(x).double() - reference).abs()
+    assert (error <= 8 * 2.0**-24 * x.double().abs()).all()
+    compiled = torch.compile(gelu_tanh)(x).double()
+    assert ((compiled - reference).abs() <= 8 * 2.0**-24 * x.double().abs()).all()

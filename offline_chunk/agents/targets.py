@@ -61,20 +61,15 @@ def best_candidate(q: torch.Tensor, agg: str) -> torch.Tensor:
     return aggregate(q, agg).argmax(dim=-1)
 
 
-def backup_value(
-    backup: str, target_q: torch.Tensor, online_q: torch.Tensor | None = None, agg: str = "mean"
-) -> torch.Tensor:
-    """V(s′) (B,) from target-critic values (K, B, N) over N candidate chunks; `best_of_n` also takes the
-    online critics' values (K, B, N) that choose the candidate, and the ensemble aggregation `agg`."""
+def backup_value(backup: str, target_q: torch.Tensor) -> torch.Tensor:
+    """V(s′) (B,) from target-critic values (K, B, N) over N candidate chunks (`best_of_n`: in
+    candidate_backup)."""
     if backup == "mean":
         return target_q.mean(dim=0).mean(dim=-1)  # N = 1
     if backup in ("min", "sarsa"):
         return target_q.min(dim=0).values.mean(dim=-1)  # N = 1
     if backup == "max_of_n":
         return target_q.max(dim=-1).values.min(dim=0).values
-    if backup == "best_of_n":
-        chosen = best_candidate(online_q, agg)[:, None]  # (B, 1)
-        return aggregate(target_q, agg).gather(-1, chosen).squeeze(-1)
     raise ValueError(f"unknown backup {backup!r}; choose one of {BACKUPS}")
 
 
@@ -96,11 +91,16 @@ def critic_loss(q: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def candidate_backup(
     backup: str, next_obs: torch.Tensor, next_chunks: torch.Tensor, critic_target, critic, agg: str
 ) -> torch.Tensor:
-    """V(s′) (B,) of N candidate next chunks (B, N, H, A): the target critics' values, and for `best_of_n`
-    the online critics' that choose among them (`backup_value`)."""
-    target_q = critic_target(next_obs, next_chunks)  # (K, B, N)
-    online_q = critic(next_obs, next_chunks) if backup == "best_of_n" else None
-    return backup_value(backup, target_q, online_q, agg)
+    """V(s′) (B,) of N candidate next chunks (B, N, H, A). `best_of_n`: the online critics choose one and
+    the target critics value that chunk alone (as acfql.py's critic_loss: sample_actions, then
+    target_critic on its one chunk per state); the others: the target critics' values of all N
+    (`backup_value`)."""
+    if backup == "best_of_n":
+        chosen = best_candidate(critic(next_obs, next_chunks), agg)  # (B,)
+        index = chosen[:, None, None, None].expand(-1, 1, *next_chunks.shape[2:])
+        chosen_q = critic_target(next_obs, next_chunks.gather(1, index))  # (K, B, 1)
+        return aggregate(chosen_q, agg)[:, 0]
+    return backup_value(backup, critic_target(next_obs, next_chunks))  # (K, B, N)
 
 
 def bellman_loss(
