@@ -6,10 +6,11 @@
 
 Sizes: `qc_cpu` (N = 8 candidates, 4 x 256 flow actor and two 4 x 256 critics) and `qc` (QC's own: N = 32,
 4 x 512); batch 256, H = 5, 10 flow steps, obs 40, action 5 for both. Ours: `python -m offline_chunk bench
---agent qc --config <size>` (the preset's compile and precision, overridable by key=value), batch sampling
-included. Theirs: bench_speed.py, main.py's sample_sequence + agent.update. Each measurement is a fresh
-process with OMP_NUM_THREADS=1 and XLA's CPU client on one thread (run_scene.sh's flags); the report gives
-every round and the ratio of the medians. VENV as run_scene.sh says (jax[cpu] 0.6.0, flax 0.10.5, ...).
+--agent qc --config <size> compile=true` (compiled, as XLA compiles theirs; the preset's precision unless
+key=value overrides it), batch sampling included. Theirs: bench_speed.py, main.py's sample_sequence +
+agent.update. Each measurement is a fresh process with OMP_NUM_THREADS=1 and XLA's CPU client on one thread
+(run_scene.sh's flags); the report gives every round and the ratio of the medians. VENV as run_scene.sh
+says (jax[cpu] 0.6.0, flax 0.10.5, ...).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def ours(size: str, overrides: list[str], blocks: int, block_updates: int) -> fl
         stem = Path(tmp) / "bench"
         command = [sys.executable, "-m", "offline_chunk", "bench", "--agent", "qc", "--config", size]
         command += ["--device", "cpu", "--blocks", str(blocks), "--block-updates", str(block_updates)]
-        command += ["--out", str(stem), *overrides]
+        command += ["--out", str(stem), "compile=true", *overrides]
         subprocess.run(command, check=True, capture_output=True, env={**os.environ, **ONE_THREAD})
         return json.loads(stem.with_suffix(".json").read_text())["results"][0]["updates_per_s"]
 
