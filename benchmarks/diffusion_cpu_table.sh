@@ -6,7 +6,8 @@
 # reach the runs. Idempotent as qc_cpu_table.sh: existing stores are kept, finished runs reused, a run
 # stopped half-way resumes exactly from its last checkpoint (every 1,000 updates).
 #   STEP=published  (a) each agent as published (configs/train/published_cpu.yaml), scene task 1, 2 seeds
-#   STEP=recipe     (b) the candidate recipes on scene task 1, seed 0 (RECIPE=name, below)
+#   STEP=recipe     (b) the candidate recipes on scene task 1, seed 0 (RECIPE=name, below); TASK=puzzle runs
+#                   the chosen one on puzzle-3x3 task 1 (its store is generated first when missing)
 # AGENT=cpql|dql; SEEDS=0,1 by default. One run at a time with one thread (OMP_NUM_THREADS=1): on the 2-core
 # development machine two such scripts side by side use both cores (benchmarks/RESULTS.md, issue 40).
 set -euo pipefail
@@ -14,6 +15,7 @@ cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 AGENT=${AGENT:-cpql}
 SCENE=scene-play-singletask-task1-v0
+PUZZLE=puzzle-3x3-play-singletask-task1-v0
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 bench() { $PY -m offline_chunk benchmark --agent "$AGENT" --jobs 1 "$@"; }
 case "${STEP:-published}" in
@@ -35,7 +37,13 @@ recipe)
         *) echo "unknown recipe part: $part (bon, ode<k>, eta<x>, joined by +)" >&2; exit 2 ;;
         esac
     done
-    bench --preset qc-cpu --task $SCENE --seeds "${SEEDS:-0}" --out "runs/diffusion-cpu/$AGENT/recipe-$RECIPE-scene-task1" "${extra[@]}"
+    case "${TASK:-scene}" in
+    scene) task=$SCENE ;;
+    puzzle) task=$PUZZLE ;;
+    *) echo "TASK must be scene or puzzle" >&2; exit 2 ;;
+    esac
+    bench --preset qc-cpu --task $task --seeds "${SEEDS:-0}" --out "runs/diffusion-cpu/$AGENT/recipe-$RECIPE-${TASK:-scene}-task1" \
+        "${extra[@]}"
     ;;
 *) echo "STEP must be published or recipe" >&2; exit 2 ;;
 esac
