@@ -79,8 +79,9 @@ class FreeCoreThreads:
     to 0.32x of its speed alone beside one spinning process, and ran at 0.77x following the free cores
     (benchmarks/busy_neighbour.py, benchmarks/RESULTS.md). Others' load is the busy time of those cores
     (/proc/stat) less this process's own CPU time, over the interval; their cores (rounded) are left to
-    them, at least one thread kept. A compiled run keeps the count it starts with (torch.compile guards on
-    the thread count: each new count compiles the update again). Never changed where the user chose:
+    them, at least one thread kept, never more than the process had when the run began (a caller's
+    torch.set_num_threads is a ceiling). A compiled run keeps the count it starts with (torch.compile guards
+    on the thread count: each new count compiles the update again). Never changed where the user chose:
     OMP_NUM_THREADS set (torchrun sets it, and `benchmark` for its runs), or not on a Linux CPU."""
 
     def __init__(self, device: torch.device, compiled: bool, window_s: float = 0.25):
@@ -92,6 +93,7 @@ class FreeCoreThreads:
             and Path("/proc/stat").exists()
         )
         self.ticks_per_s = os.sysconf("SC_CLK_TCK") if self.active else 100
+        self.most = torch.get_num_threads()
         if self.active:
             self.mark = self.read()
             time.sleep(window_s)  # others' load before this run's own work starts
@@ -124,5 +126,5 @@ class FreeCoreThreads:
             self.mark = now
             if wall > 0.05:
                 others = max(0.0, busy - own) / wall  # cores' worth of other processes' work
-                torch.set_num_threads(max(1, len(self.cpus) - round(others)))
+                torch.set_num_threads(max(1, min(self.most, len(self.cpus) - round(others))))
         return torch.get_num_threads()

@@ -24,7 +24,7 @@ def threads_restored(monkeypatch):
 @pytest.mark.skipif(not LINUX, reason="reads /proc/stat")
 def test_threads_are_the_cores_others_leave_free(threads_restored):
     threads = FreeCoreThreads(torch.device("cpu"), compiled=False)
-    threads.cpus = list(range(4))  # four cores, whatever this machine has
+    threads.cpus, threads.most = list(range(4)), 4  # four cores and threads, whatever this machine has
     threads.active = True
     # (wall s, busy s of the 4 cores, own CPU s): over 10 s the cores were busy 25 s, 13 of them ours, so
     # others took 12 s / 10 s = 1.2 cores' worth -> 1 core left to them, 3 threads.
@@ -41,9 +41,19 @@ def test_threads_are_the_cores_others_leave_free(threads_restored):
 @pytest.mark.skipif(not LINUX, reason="reads /proc/stat")
 def test_others_keep_at_most_all_but_one_core(threads_restored):
     threads = FreeCoreThreads(torch.device("cpu"), compiled=False)
-    threads.cpus, threads.active = [0, 1], True
+    threads.cpus, threads.most, threads.active = [0, 1], 2, True
     threads.mark = (0.0, 0.0, 0.0)
     threads.read = lambda: (10.0, 20.0, 0.0)  # both cores busy with others' work for the whole 10 s
+    assert threads.follow() == 1
+
+
+@pytest.mark.skipif(not LINUX, reason="reads /proc/stat")
+def test_a_callers_thread_count_is_a_ceiling(threads_restored):
+    torch.set_num_threads(1)  # set by the caller before the run
+    threads = FreeCoreThreads(torch.device("cpu"), compiled=False)
+    threads.cpus, threads.active = list(range(4)), True
+    threads.mark = (0.0, 0.0, 0.0)
+    threads.read = lambda: (10.0, 0.0, 0.0)  # four idle cores
     assert threads.follow() == 1
 
 
