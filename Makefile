@@ -34,7 +34,7 @@ OVERRIDES = $(subst ^,$(space),$(filter-out $(OWN_VARIABLES),$(subst \$(space),^
 help:
 	@echo "make install                    create $(VENV) with torch and every extra"
 	@echo "make dataset [DATA=...] [OUT=...] convert or generate a step-level zarr store"
-	@echo "make train [AGENT=cpql|dql|chunk_sac|td3bc] [DATASET=...] [STEPS=...] [RUN=...] [RESUME=ckpt] [PRESET=default|quick|gpu|qc|qc_cpu] [NPROC=N] [key=value ...]"
+	@echo "make train [AGENT=cpql|dql|chunk_sac|td3bc] [DATASET=...] [STEPS=...] [RUN=...] [RESUME=ckpt] [PRESET=default|quick|gpu|qc|qc_cpu|published_cpu] [NPROC=N] [key=value ...]"
 	@echo "make eval CKPT=... [EPISODES=50] [EXECUTE=k] [WORKERS=2] [ARGS=...]  rollouts in the simulator"
 	@echo "make finetune CKPT=... [STEPS=50000] [UTD=1] [ENVS=1] [ARGS=...]  continue online in the simulator"
 	@echo "make online [AGENT=chunk_sac] [DATASET=...] [STEPS=100000] [UTD=1] [RUN=...] [key=value ...]  an untrained agent online (RLPD)"
