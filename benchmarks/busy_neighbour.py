@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,7 @@ from pathlib import Path
 from statistics import median
 
 import yaml
-from ddp_throughput import synthetic_store
+from ddp_throughput import synthetic_store, trained_updates_per_s
 
 from offline_chunk.config import load_config
 
@@ -38,11 +37,7 @@ def spinner() -> subprocess.Popen:
 
 def updates_per_s(config: Path, steps: int, env: dict[str, str]) -> float:
     command = [sys.executable, "-m", "offline_chunk", "train", "--config", str(config), "--steps", str(steps)]
-    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
-    found = re.search(r"([0-9.]+) updates/s", done.stdout)
-    if done.returncode or not found:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
-    return float(found.group(1))
+    return trained_updates_per_s(command, env)
 
 
 def main() -> None:

@@ -58,7 +58,11 @@ def updates_per_s(config: Path, processes: int, threads: int, steps: int, device
         f"--nproc_per_node={processes}",
     ]
     command = [*torchrun, "-m", "offline_chunk", "train", "--config", str(config), "--steps", str(steps)]
-    command.append(f"device={device}")
+    return trained_updates_per_s([*command, f"device={device}"], env)
+
+
+def trained_updates_per_s(command: list[str], env: dict[str, str]) -> float:
+    """Run a `train` command; the updates/s of its summary (training time, evaluations excluded)."""
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     found = re.search(r"([0-9.]+) updates/s", done.stdout)
     if done.returncode or not found:
